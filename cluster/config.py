@@ -1,0 +1,225 @@
+"""The cluster configuration: topology, expert catalog, router settings and request limits.
+
+One YAML file describes a deployment. Loading it sizes every expert from its checkpoint headers
+and rejects, with the field and expert named, anything that could only fail later at serving
+time: duplicate ids, a missing checkpoint, an expert no socket can hold (ARCHITECTURE invariant 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from cluster.paths import zoo_dir
+from cluster.sizes import ByteSize, format_size
+
+Device = Literal["cpu", "cuda"]
+
+
+class _Strict(BaseModel):
+    # A typo in a config key is a silent misconfiguration; refuse unknown keys instead.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TopologyConfig(_Strict):
+    """How many sockets there are and how much memory each tier has."""
+
+    nodes: int = Field(1, ge=1, description="Nodes in the cluster; one DDR store and MemTier view each.")
+    sockets_per_node: int = Field(
+        8, ge=1, description="Sockets (accelerators) per node: 8, as on an SN40L node or an 8-GPU server."
+    )
+    hbm_per_socket: ByteSize = Field(
+        description="Expert bytes one socket may hold resident. Smaller than the catalog so paging happens."
+    )
+    ddr_per_node: ByteSize = Field(
+        description="Expert bytes one node's object store may hold; the shared second tier."
+    )
+    device: Device = Field("cpu", description="'cuda' on GPU nodes (one GPU per socket), 'cpu' elsewhere.")
+    cpus_per_socket: float = Field(
+        0.5,
+        gt=0,
+        description="Ray CPUs per socket replica. On CPU this is also torch's thread count (RAY-NOTES), "
+        "so size it from cores per node / sockets per node.",
+    )
+
+    @property
+    def total_sockets(self) -> int:
+        return self.nodes * self.sockets_per_node
+
+    @property
+    def total_hbm_bytes(self) -> int:
+        return self.total_sockets * self.hbm_per_socket
+
+
+class ExpertConfig(_Strict):
+    """One expert in the catalog. `size_bytes` and `dtype` are filled from checkpoint headers."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="The `model` name clients send.")
+    checkpoint: str = Field(
+        description="safetensors file, Hugging Face directory or GGUF file; relative paths are under "
+        "`store_root`."
+    )
+    dtype: str = Field("bfloat16", description="Dtype the expert runs in on its socket.")
+    system_prompt: str | None = Field(
+        None, description="Overrides the system prompt stored in the checkpoint's metadata."
+    )
+    size_bytes: int = Field(0, description="Filled at load: tensor bytes from the checkpoint headers.")
+    checkpoint_dtype: str = Field("", description="Filled at load: dtype holding most bytes on disk.")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in {"bfloat16", "float16", "float32"}:
+            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {value!r}")
+        return value
+
+
+class RouterConfig(_Strict):
+    """How `model: "coe"` picks an expert; overrides the trained artifact where set."""
+
+    artifact: str | None = Field(None, description="Router artifact dir; None = the demo router.")
+    fallback_expert: str = Field(description="Expert for uncertain (high-entropy) classifications.")
+    entropy_threshold: float | None = Field(
+        None, ge=0, description="Entropy above which to fall back; None = the τ calibrated by router.train."
+    )
+    category_map: dict[str, str] | None = Field(
+        None, description="Category -> expert id; None = the artifact's map (written by router.calibrate)."
+    )
+
+
+class LimitsConfig(_Strict):
+    """Request limits enforced at the ingress; each refusal is a 400 that names the limit."""
+
+    max_tokens: int = Field(512, ge=1, description="Largest `max_tokens` a request may ask for.")
+    default_max_tokens: int = Field(64, ge=1, description="Used when a request omits `max_tokens`.")
+    max_prompt_tokens: int = Field(2048, ge=1, description="Prompt tokens after the chat template.")
+    max_body_bytes: ByteSize = Field("1MiB", description="Larger HTTP bodies are refused before parsing.")
+    max_messages: int = Field(256, ge=1, description="Chat turns per request.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Ingress gives up on a socket after this.")
+
+
+class ServeConfig(_Strict):
+    """Ray Serve settings of the app."""
+
+    http_host: str = Field("127.0.0.1", description="Loopback by default; set 0.0.0.0 in a pod.")
+    http_port: int = Field(8000, description="Ray Serve's default HTTP port.")
+    grpc_port: int = Field(9000, description="Ray Serve's default gRPC port.")
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="Per socket replica; concurrent requests for one expert share a batch."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Requests generated together for one expert.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill.")
+    app_name: str = Field("coe", description="Serve application name.")
+    route_prefix: str = Field("/", description="HTTP route prefix of the ingress.")
+
+
+class ClusterConfig(_Strict):
+    """A whole deployment, as loaded from YAML."""
+
+    name: str = "coe"
+    store_root: str | None = Field(
+        None,
+        description="Directory relative checkpoints live under. None = $COE_ZOO_DIR or <repo>/zoo. On a "
+        "real cluster use a path every node mounts (a job's working dir does not carry the zoo).",
+    )
+    topology: TopologyConfig
+    experts: list[ExpertConfig] = Field(min_length=1)
+    router: RouterConfig
+    limits: LimitsConfig = LimitsConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @property
+    def store_root_path(self) -> Path:
+        return Path(self.store_root).expanduser().resolve() if self.store_root else zoo_dir()
+
+    def checkpoint_path(self, expert: ExpertConfig) -> Path:
+        path = Path(expert.checkpoint).expanduser()
+        return path if path.is_absolute() else self.store_root_path / path
+
+    def expert(self, expert_id: str) -> ExpertConfig:
+        for expert in self.experts:
+            if expert.id == expert_id:
+                return expert
+        raise KeyError(expert_id)
+
+    @property
+    def expert_ids(self) -> list[str]:
+        return [expert.id for expert in self.experts]
+
+    @model_validator(mode="after")
+    def _check_catalog(self, info: ValidationInfo) -> ClusterConfig:
+        seen: set[str] = set()
+        for expert in self.experts:
+            if expert.id in seen:
+                raise ValueError(f"experts: duplicate expert id {expert.id!r}; ids must be unique")
+            seen.add(expert.id)
+        if not (info.context or {}).get("skip_store", False):
+            self._size_experts()
+        self._check_router(seen)
+        return self
+
+    def _size_experts(self) -> None:
+        from memtier.store import CheckpointError, checkpoint_info
+
+        for expert in self.experts:
+            path = self.checkpoint_path(expert)
+            try:
+                header = checkpoint_info(path)
+            except CheckpointError as err:
+                raise ValueError(
+                    f"experts[{expert.id}].checkpoint: {err}. Build the demo zoo with `coe zoo` "
+                    f"(or `coe zoo --tiny N`) or fix the path."
+                ) from err
+            expert.size_bytes = header.size_bytes
+            expert.checkpoint_dtype = header.dtype
+            if expert.system_prompt is None and "coe.system_prompt" in header.metadata:
+                expert.system_prompt = header.metadata["coe.system_prompt"]
+        largest = max(self.experts, key=lambda e: e.size_bytes)
+        topo = self.topology
+        if topo.total_hbm_bytes < largest.size_bytes:
+            raise ValueError(
+                f"topology: total HBM {format_size(topo.total_hbm_bytes)} is below the largest expert "
+                f"{largest.id!r} ({format_size(largest.size_bytes)}); add sockets or raise hbm_per_socket"
+            )
+        for expert in self.experts:
+            if expert.size_bytes > topo.hbm_per_socket:
+                raise ValueError(
+                    f"experts[{expert.id}]: size {format_size(expert.size_bytes)} exceeds "
+                    f"topology.hbm_per_socket {format_size(topo.hbm_per_socket)}; an expert must fit one "
+                    f"socket (invariant 4): raise hbm_per_socket or drop the expert"
+                )
+            if expert.size_bytes > topo.ddr_per_node:
+                raise ValueError(
+                    f"experts[{expert.id}]: size {format_size(expert.size_bytes)} exceeds "
+                    f"topology.ddr_per_node {format_size(topo.ddr_per_node)}; it could never be staged in DDR"
+                )
+
+    def _check_router(self, expert_ids: set[str]) -> None:
+        if self.router.fallback_expert not in expert_ids:
+            raise ValueError(
+                f"router.fallback_expert: {self.router.fallback_expert!r} is not an expert id "
+                f"(known: {sorted(expert_ids)})"
+            )
+        for category, expert_id in (self.router.category_map or {}).items():
+            if expert_id not in expert_ids:
+                raise ValueError(
+                    f"router.category_map[{category}]: {expert_id!r} is not an expert id "
+                    f"(known: {sorted(expert_ids)})"
+                )
+
+
+def load_config(path: str | Path, *, check_store: bool = True) -> ClusterConfig:
+    """Load and validate a YAML config; `check_store=False` skips reading checkpoint headers."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping")
+    return ClusterConfig.model_validate(data, context={"skip_store": not check_store})
+
+
+def config_from_dict(data: dict, *, check_store: bool = True) -> ClusterConfig:
+    """Validate an in-memory config (tests, `serve deploy` args)."""
+    return ClusterConfig.model_validate(data, context={"skip_store": not check_store})

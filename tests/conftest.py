@@ -1,0 +1,38 @@
+"""Shared fixtures: built zoos (idempotent, cached in the ignored zoo folder) and configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster import zoo
+from cluster.config import ClusterConfig, load_config
+from cluster.paths import REPO_ROOT, zoo_dir
+
+CONFIGS = REPO_ROOT / "cluster" / "configs"
+TINY_EXPERTS = 16
+
+
+@pytest.fixture(scope="session")
+def zoo_root() -> Path:
+    root = zoo_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(zoo_root: Path) -> list[Path]:
+    """16 tiny random-weight experts, as `coe zoo --tiny 16` writes them."""
+    return zoo.build_tiny(zoo_root, TINY_EXPERTS)
+
+
+@pytest.fixture(scope="session")
+def demo_zoo(zoo_root: Path) -> list[Path]:
+    """The real SmolLM2 demo zoo (about 30 s the first time, then a no-op)."""
+    return zoo.build_demo(zoo_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_zoo: list[Path]) -> ClusterConfig:
+    return load_config(CONFIGS / "tiny.yaml")

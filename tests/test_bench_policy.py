@@ -1,0 +1,190 @@
+"""Cache-policy replay: hand-computed traces, OPT as an upper bound, workload generators, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from functools import cache
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.policy import POLICIES, BenchReport, main, replay, sweep
+from bench.workloads import phase_shift_trace, uniform_trace, zipf_trace
+
+EXPERTS = [f"e{i:02d}" for i in range(16)]
+
+
+def unit_sizes(trace: list[str] | str) -> dict[str, int]:
+    return dict.fromkeys(trace, 1)
+
+
+def hits(trace: str, capacity: int, policy: str) -> int:
+    return replay(list(trace), unit_sizes(trace), capacity, policy).hits
+
+
+# --------------------------------------------------------------------------- hand-computed traces
+def test_lru_and_opt_on_a_trace_where_lru_thrashes() -> None:
+    # capacity 2, ABCABDA: LRU always evicts the expert needed next, 0 hits, 5 evictions.
+    # OPT: C evicts B (next use 4 > A's 3), A hits, B evicts C (never again), D evicts B, A hits.
+    trace = "ABCABDA"
+    lru = replay(list(trace), unit_sizes(trace), 2, "LRU")
+    assert (lru.hits, lru.misses, lru.evictions, lru.bytes_loaded) == (0, 7, 5, 7)
+    opt = replay(list(trace), unit_sizes(trace), 2, "OPT")
+    assert (opt.hits, opt.misses, opt.evictions, opt.bytes_loaded) == (2, 5, 3, 5)
+    assert opt.hit_rate == pytest.approx(2 / 7)
+
+
+def test_frequency_keeps_a_hot_expert_that_lru_drops() -> None:
+    # capacity 2, AAABCA: LRU evicts A for C (A is least recent) and misses the last A;
+    # LFU/LFU-DA evict B (1 request) instead and hit it.
+    assert {p: hits("AAABCA", 2, p) for p in POLICIES} == {"LRU": 2, "LFU": 3, "LFU-DA": 3, "OPT": 3}
+
+
+def test_aging_forgets_stale_popularity_after_a_phase_shift() -> None:
+    # capacity 2: A and B are hot (4 each), then traffic moves to C and D for good.
+    # LFU keeps B (count 4) forever and thrashes C/D; LFU-DA ages A and B out like LRU does.
+    trace = "AAAABBBB" + "CD" * 4
+    assert {p: hits(trace, 2, p) for p in POLICIES} == {"LRU": 12, "LFU": 6, "LFU-DA": 12, "OPT": 12}
+
+
+def test_unequal_sizes_evict_until_the_big_expert_fits() -> None:
+    trace = ["s1", "s2", "big", "s1"]
+    sizes = {"s1": 1, "s2": 1, "big": 2}
+    lru = replay(trace, sizes, 3, "LRU")  # big evicts s1 only (1 free + 1); s1 then evicts s2
+    assert (lru.hits, lru.evictions, lru.bytes_loaded) == (0, 2, 5)
+    opt = replay(trace, sizes, 3, "OPT")  # big evicts s2 (never used again), s1 hits
+    assert (opt.hits, opt.evictions, opt.bytes_loaded) == (1, 1, 4)
+
+
+def test_empty_trace_and_sweep_order() -> None:
+    assert replay([], {}, 0, "OPT").hit_rate == 0.0
+    results = sweep(list("ABAB"), unit_sizes("AB"), [1, 2])
+    assert [(r.capacity_bytes, r.policy) for r in results] == [(c, p) for c in (1, 2) for p in POLICIES]
+    assert all(r.hits == 2 for r in results if r.capacity_bytes == 2)
+
+
+@pytest.mark.parametrize(
+    ("trace", "sizes", "capacity", "policy", "message"),
+    [
+        (["a"], {"a": 1}, 1, "FIFO", "unknown policy 'FIFO'"),
+        (["a", "b"], {"a": 1}, 1, "LRU", "no size: \\['b'\\]"),
+        (["a"], {"a": 5}, 4, "LRU", "larger than capacity_bytes=4.*'a' is 5 bytes"),
+        (["a"], {"a": 1}, -1, "LRU", "capacity_bytes must be >= 0"),
+    ],
+)
+def test_bad_input_is_rejected_with_the_numbers(trace, sizes, capacity, policy, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        replay(trace, sizes, capacity, policy)
+
+
+# --------------------------------------------------------------------------- OPT is the bound
+def brute_force_max_hits(trace: tuple[str, ...], capacity: int) -> int:
+    """Best hits over every possible eviction choice (equal sizes, forced admission)."""
+
+    @cache
+    def best(t: int, resident: frozenset[str]) -> int:
+        if t == len(trace):
+            return 0
+        key = trace[t]
+        if key in resident:
+            return 1 + best(t + 1, resident)
+        if len(resident) < capacity:
+            return best(t + 1, resident | {key})
+        return max(best(t + 1, (resident - {victim}) | {key}) for victim in resident)
+
+    return best(0, frozenset())
+
+
+traces = st.lists(st.sampled_from("ABCDEF"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(trace=traces, capacity=st.integers(1, 5))
+def test_opt_hits_at_least_as_often_as_every_policy(trace: list[str], capacity: int) -> None:
+    results = {p: replay(trace, unit_sizes(trace), capacity, p) for p in POLICIES}
+    for result in results.values():
+        assert result.hits + result.misses == len(trace)
+        assert result.bytes_loaded == result.misses  # unit sizes
+        assert result.evictions == result.misses - min(capacity, len(set(trace)))
+    for policy in POLICIES:
+        assert results["OPT"].hits >= results[policy].hits, policy
+
+
+@settings(max_examples=150, deadline=None)
+@given(trace=st.lists(st.sampled_from("ABCDE"), max_size=12), capacity=st.integers(1, 3))
+def test_opt_equals_the_brute_force_optimum(trace: list[str], capacity: int) -> None:
+    assert hits("".join(trace), capacity, "OPT") == brute_force_max_hits(tuple(trace), capacity)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    trace=traces,
+    sizes=st.fixed_dictionaries({k: st.integers(1, 4) for k in "ABCDEF"}),
+    extra_bytes=st.integers(0, 8),
+    policy=st.sampled_from(POLICIES),
+)
+def test_unequal_sizes_replay_consistently(trace, sizes, extra_bytes, policy) -> None:
+    result = replay(trace, sizes, 4 + extra_bytes, policy)
+    assert result.hits + result.misses == len(trace)
+    # every miss loads its expert's bytes, every hit loads nothing
+    assert result.bytes_loaded >= result.misses and result.bytes_loaded <= 4 * result.misses
+
+
+# --------------------------------------------------------------------------- workloads
+def test_zipf_trace_is_deterministic_for_a_seed() -> None:
+    assert zipf_trace(EXPERTS, 500, 1.0, seed=7) == zipf_trace(EXPERTS, 500, 1.0, seed=7)
+    assert zipf_trace(EXPERTS, 500, 1.0, seed=7) != zipf_trace(EXPERTS, 500, 1.0, seed=8)
+    assert phase_shift_trace(EXPERTS, 500, 1.0, seed=3) == phase_shift_trace(EXPERTS, 500, 1.0, seed=3)
+    assert uniform_trace(EXPERTS, 500, seed=3) == uniform_trace(EXPERTS, 500, seed=3)
+
+
+def test_zipf_trace_is_skewed_towards_the_first_expert() -> None:
+    counts = Counter(zipf_trace(EXPERTS, 5000, 1.0, seed=0))
+    ranked = [key for key, _ in counts.most_common()]
+    assert ranked[0] == EXPERTS[0]
+    assert counts[EXPERTS[0]] > 1.5 * counts[EXPERTS[1]]  # expected ratio 2
+    assert counts[EXPERTS[0]] > 5 * counts[EXPERTS[-1]]  # expected ratio 16
+    assert set(counts) <= set(EXPERTS)
+
+
+def test_uniform_trace_is_flat() -> None:
+    counts = Counter(uniform_trace(EXPERTS, 16_000, seed=0))
+    assert set(counts) == set(EXPERTS)
+    assert max(counts.values()) < 1.2 * min(counts.values())
+
+
+def test_phase_shift_changes_the_most_popular_expert_between_halves() -> None:
+    trace = phase_shift_trace(EXPERTS, 4000, 1.0, seed=0)
+    assert len(trace) == 4000
+    first, second = Counter(trace[:2000]), Counter(trace[2000:])
+    assert first.most_common(1)[0][0] == EXPERTS[0]
+    assert second.most_common(1)[0][0] == EXPERTS[8]  # default shift: half the experts
+
+
+def test_after_a_phase_shift_lfu_da_recovers_faster_than_lfu() -> None:
+    # Online policies are prefix-consistent, so whole-trace minus first-half hits are the
+    # hits after the shift. LFU's lifetime counts keep the old favourites resident for a while.
+    trace = phase_shift_trace(EXPERTS, 4000, 1.0, seed=0)
+    sizes = unit_sizes(EXPERTS)
+
+    def hits_after_shift(policy: str) -> int:
+        return replay(trace, sizes, 4, policy).hits - replay(trace[:2000], sizes, 4, policy).hits
+
+    assert hits_after_shift("LFU-DA") > hits_after_shift("LFU")
+    assert max(replay(trace, sizes, 4, p).hits for p in POLICIES) == replay(trace, sizes, 4, "OPT").hits
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_writes_json_markdown_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = main(["--experts", "6", "--requests", "300", "--budgets", "1,3", "--out", str(tmp_path)])
+    saved = BenchReport.model_validate(json.loads((tmp_path / "policy.json").read_text()))
+    assert saved == report
+    assert len(saved.workloads) == 3
+    assert all(len(results) == 2 * len(POLICIES) for results in saved.workloads.values())
+    markdown = (tmp_path / "policy.md").read_text()
+    assert report.command in markdown and "| budget (experts) |" in markdown
+    assert (tmp_path / "policy_hit_rate.png").read_bytes()[:4] == b"\x89PNG"
+    assert "OPT" in capsys.readouterr().out
