@@ -1,0 +1,180 @@
+"""The DDR tier: one actor per node holding experts in that node's Ray object store.
+
+`ray.put` of an expert's name -> array dict places its bytes once in the node's shared memory;
+every socket on the node then maps them zero-copy with `ray.get`. The store keeps its own
+byte-budgeted LRU (the node's DDR budget), reads the STORE only on a miss (invariant 6), and
+loads an expert once however many sockets ask for it at the same time (STYLE: "load once under
+concurrency", as Ray's multiplex.py does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from memtier.lru import AllPinnedError, ByteBudgetLRU
+from memtier.store import checkpoint_info, read_weights
+
+logger = logging.getLogger(__name__)
+NAMESPACE = "coe"
+
+
+def ddr_store_name(cluster: str, node_id: str) -> str:
+    return f"coe_ddr_{cluster}_{node_id}"
+
+
+def _config_dict(checkpoint: str) -> dict | None:
+    """The model config travels with the weights, so sockets need no STORE access."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint)
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    return json.loads(config_file.read_text()) if config_file.exists() else None
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class DDRStore:
+    """Per-node DDR: expert id -> object ref of its weights, within `ddr_bytes`."""
+
+    def __init__(
+        self,
+        cluster: str,
+        node_id: str,
+        ddr_bytes: int,
+        checkpoints: dict[str, str],
+        memtier_name: str | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.checkpoints = checkpoints
+        self.memtier_name = memtier_name
+        self.lru: ByteBudgetLRU[str] = ByteBudgetLRU(ddr_bytes)
+        self.refs: dict[str, ray.ObjectRef] = {}
+        self.store_reads: dict[str, int] = {}
+        self.bytes_read = 0
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._room = asyncio.Condition()
+        self._sizes: dict[str, int] = {}
+
+    def _size(self, expert: str) -> int:
+        if expert not in self._sizes:
+            if expert not in self.checkpoints:
+                raise KeyError(f"unknown expert {expert!r}")
+            self._sizes[expert] = checkpoint_info(self.checkpoints[expert]).size_bytes
+        return self._sizes[expert]
+
+    async def get(self, expert: str) -> dict:
+        """`{"ref": [ObjectRef], "store_read": bool, "seconds": float}` for `expert`'s weights.
+
+        The ref is wrapped in a list so Ray hands it over instead of resolving it here.
+        """
+        started = time.perf_counter()
+        store_read = await self._ensure(expert, pin=True)
+        try:
+            ref = self.refs[expert]
+        finally:
+            self.lru.unpin(expert)
+            async with self._room:
+                self._room.notify_all()
+        return {"ref": [ref], "store_read": store_read, "seconds": time.perf_counter() - started}
+
+    async def prefetch(self, expert: str) -> bool:
+        """Warm DDR with `expert`; True if that took a STORE read."""
+        return await self._ensure(expert, pin=False)
+
+    async def _ensure(self, expert: str, *, pin: bool) -> bool:
+        lock = self._locks.setdefault(expert, asyncio.Lock())
+        async with lock:
+            # Look again under the lock: a concurrent caller may have just loaded it.
+            if expert in self.lru:
+                self.lru.touch(expert)
+                if pin:
+                    self.lru.pin(expert)
+                return False
+            size = self._size(expert)
+            evicted = await self._reserve(expert, size)
+            try:
+                weights = await asyncio.to_thread(self._read_and_put, expert)
+            except BaseException:
+                self.lru.unpin(expert)
+                self.lru.remove(expert)
+                raise
+            self.refs[expert] = weights
+            if not pin:
+                self.lru.unpin(expert)
+            self.store_reads[expert] = self.store_reads.get(expert, 0) + 1
+            self.bytes_read += size
+        self._report(store_reads=1, bytes_read=size, evictions=len(evicted))
+        return True
+
+    async def _reserve(self, expert: str, size: int) -> list[str]:
+        """Reserve `size` bytes (pinned), evicting LRU unpinned experts; wait while all are pinned."""
+        async with self._room:
+            while True:
+                try:
+                    victims = self.lru.insert(expert, size, pin=True)
+                    break
+                except AllPinnedError:
+                    await self._room.wait()
+        for victim in victims:
+            self.refs.pop(victim, None)  # the object is freed once no socket still maps it
+        return victims
+
+    def _read_and_put(self, expert: str) -> ray.ObjectRef:
+        checkpoint = self.checkpoints[expert]
+        weights = read_weights(checkpoint)
+        payload = {
+            "arrays": weights.arrays,
+            "dtypes": weights.torch_dtypes,
+            "config": _config_dict(checkpoint),
+        }
+        return ray.put(payload)
+
+    def _report(self, store_reads: int = 0, bytes_read: int = 0, evictions: int = 0) -> None:
+        if self.memtier_name is None:
+            return
+        try:
+            memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        memtier.ddr_report.remote(self.node_id, self.lru.keys_lru_order(), store_reads, bytes_read, evictions)
+
+    def evict(self, expert: str) -> bool:
+        if expert not in self.lru or self.lru.is_pinned(expert):
+            return False
+        self.lru.remove(expert)
+        self.refs.pop(expert, None)
+        self._report(evictions=1)
+        return True
+
+    def residents(self) -> list[str]:
+        return self.lru.keys_lru_order()
+
+    def stats(self) -> dict:
+        return {
+            "node_id": self.node_id,
+            "capacity_bytes": self.lru.capacity_bytes,
+            "used_bytes": self.lru.used_bytes,
+            "residents": self.lru.keys_lru_order(),
+            "store_reads": dict(self.store_reads),
+            "bytes_read": self.bytes_read,
+            "evictions": self.lru.evictions,
+        }
+
+
+def ddr_store_for_node(
+    cluster: str, node_id: str, ddr_bytes: int, checkpoints: dict[str, str], memtier_name: str | None = None
+):
+    """Get or create `node_id`'s DDR store, pinned to that node (hard node affinity)."""
+    return DDRStore.options(
+        name=ddr_store_name(cluster, node_id),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+    ).remote(cluster, node_id, ddr_bytes, checkpoints, memtier_name)

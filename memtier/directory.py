@@ -1,0 +1,200 @@
+"""The residency directory: which socket holds which expert in HBM, which node in DDR.
+
+Pure state, no Ray: the `MemTier` actor owns one and tests drive it directly. Each socket's
+HBM and each node's DDR is a `ByteBudgetLRU`, so the budgets (invariant 1) and pins
+(invariant 2) are enforced by the same checked numbers everywhere. Sockets report what they
+really hold; `sync_socket` makes the directory match (invariant 3) while keeping the pins of
+leases still in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memtier.lru import ByteBudgetLRU
+from memtier.models import Lease, NodeStatus, SocketInfo, SocketStatus
+
+
+@dataclass
+class SocketEntry:
+    socket_id: str
+    node_id: str
+    hbm: ByteBudgetLRU[str]
+    leases: set[str] = field(default_factory=set)
+    last_used: int = 0  # directory clock tick of the last lease: ties break least recently used first
+    last_seen_s: float = 0.0  # monotonic time of the last heartbeat
+
+    @property
+    def load(self) -> int:
+        return len(self.leases)
+
+
+@dataclass
+class NodeEntry:
+    node_id: str
+    ddr: ByteBudgetLRU[str]
+    sockets: set[str] = field(default_factory=set)
+
+
+class UnknownExpertError(KeyError):
+    """An expert id that is not in the catalog."""
+
+
+class ResidencyDirectory:
+    """Sockets, nodes, experts and leases, with every budget checked before it changes."""
+
+    def __init__(self, expert_bytes: dict[str, int], ddr_bytes_per_node: int) -> None:
+        self.expert_bytes = dict(expert_bytes)
+        self.ddr_bytes_per_node = ddr_bytes_per_node
+        self.sockets: dict[str, SocketEntry] = {}
+        self.nodes: dict[str, NodeEntry] = {}
+        self.leases: dict[str, Lease] = {}
+        self.clock = 0
+
+    # ------------------------------------------------------------------ membership
+    def size_of(self, expert: str) -> int:
+        try:
+            return self.expert_bytes[expert]
+        except KeyError:
+            raise UnknownExpertError(
+                f"unknown expert {expert!r}; known: {sorted(self.expert_bytes)}"
+            ) from None
+
+    def node(self, node_id: str) -> NodeEntry:
+        if node_id not in self.nodes:
+            self.nodes[node_id] = NodeEntry(node_id, ByteBudgetLRU(self.ddr_bytes_per_node))
+        return self.nodes[node_id]
+
+    def register_socket(self, info: SocketInfo, now_s: float) -> SocketEntry:
+        """Add a socket (or refresh it) and adopt what it reports holding."""
+        entry = self.sockets.get(info.socket_id)
+        if entry is None or entry.hbm.capacity_bytes != info.hbm_bytes or entry.node_id != info.node_id:
+            if entry is not None:
+                self.drop_socket(info.socket_id)
+            entry = SocketEntry(info.socket_id, info.node_id, ByteBudgetLRU(info.hbm_bytes))
+            self.sockets[info.socket_id] = entry
+            self.node(info.node_id).sockets.add(info.socket_id)
+        entry.last_seen_s = now_s
+        self.sync_socket(info)
+        return entry
+
+    def drop_socket(self, socket_id: str) -> list[Lease]:
+        """Forget a dead socket; returns the leases that were running on it (now void)."""
+        entry = self.sockets.pop(socket_id, None)
+        if entry is None:
+            return []
+        self.nodes[entry.node_id].sockets.discard(socket_id)
+        voided = [self.leases.pop(lease_id) for lease_id in entry.leases if lease_id in self.leases]
+        for lease in voided:
+            self._unpin_ddr(lease)
+        return voided
+
+    def sync_socket(self, info: SocketInfo) -> None:
+        """Make the socket's HBM entry match its report, keeping pins of leases in flight.
+
+        Leased experts the socket has not loaded yet stay (the lease will load them); anything
+        else the directory believed but the socket does not hold is dropped, and anything the
+        socket holds that the directory did not know is adopted in the socket's LRU order.
+        """
+        entry = self.sockets[info.socket_id]
+        pinned = {key: pins for key, _, pins in entry.hbm.snapshot() if pins}
+        rebuilt: ByteBudgetLRU[str] = ByteBudgetLRU(entry.hbm.capacity_bytes)
+        for expert in info.residents:
+            if expert in self.expert_bytes and expert not in pinned:
+                if self.expert_bytes[expert] <= rebuilt.free_bytes:
+                    rebuilt.insert(expert, self.expert_bytes[expert])
+        for expert, pins in pinned.items():
+            for victim in rebuilt.insert(expert, self.expert_bytes[expert]):
+                del victim  # a pinned lease outranks a stale report; the socket will evict it
+            for _ in range(pins):
+                rebuilt.pin(expert)
+        rebuilt.evictions = entry.hbm.evictions
+        entry.hbm = rebuilt
+
+    def sync_ddr(self, node_id: str, residents: list[str]) -> None:
+        """Adopt a DDR store's report of what its node holds, keeping in-flight pins."""
+        node = self.node(node_id)
+        pinned = {key: pins for key, _, pins in node.ddr.snapshot() if pins}
+        rebuilt: ByteBudgetLRU[str] = ByteBudgetLRU(node.ddr.capacity_bytes)
+        for expert in residents:
+            if expert in self.expert_bytes and expert not in pinned:
+                if self.expert_bytes[expert] <= rebuilt.free_bytes:
+                    rebuilt.insert(expert, self.expert_bytes[expert])
+        for expert, pins in pinned.items():
+            rebuilt.insert(expert, self.expert_bytes[expert])
+            for _ in range(pins):
+                rebuilt.pin(expert)
+        node.ddr = rebuilt
+
+    # ------------------------------------------------------------------ queries
+    def hbm_holders(self, expert: str) -> list[SocketEntry]:
+        return [s for s in self.sockets.values() if expert in s.hbm]
+
+    def ddr_holders(self, expert: str) -> list[NodeEntry]:
+        return [n for n in self.nodes.values() if expert in n.ddr]
+
+    def status(self) -> list[NodeStatus]:
+        nodes = []
+        for node in sorted(self.nodes.values(), key=lambda n: n.node_id):
+            sockets = [
+                SocketStatus(
+                    socket_id=s.socket_id,
+                    node_id=s.node_id,
+                    hbm_bytes=s.hbm.capacity_bytes,
+                    used_bytes=s.hbm.used_bytes,
+                    pinned_bytes=s.hbm.pinned_bytes,
+                    residents=s.hbm.keys_lru_order(),
+                    leases=s.load,
+                )
+                for s in sorted((self.sockets[i] for i in node.sockets), key=lambda s: s.socket_id)
+            ]
+            nodes.append(
+                NodeStatus(
+                    node_id=node.node_id,
+                    ddr_bytes=node.ddr.capacity_bytes,
+                    used_bytes=node.ddr.used_bytes,
+                    residents=node.ddr.keys_lru_order(),
+                    sockets=sockets,
+                )
+            )
+        return nodes
+
+    # ------------------------------------------------------------------ leases
+    def grant(self, lease: Lease) -> list[str]:
+        """Record a lease chosen by placement: pin the expert on its socket (and DDR while it
+        pages in). Returns the HBM victims evicted to make room, LRU first."""
+        socket = self.sockets[lease.socket_id]
+        self.clock += 1
+        socket.last_used = self.clock
+        victims = socket.hbm.insert(lease.expert, lease.size_bytes, pin=True)
+        socket.hbm.touch(lease.expert)
+        socket.leases.add(lease.lease_id)
+        if lease.tier != "hbm":
+            ddr = self.node(lease.node_id).ddr
+            if lease.expert not in ddr:
+                ddr.insert(lease.expert, lease.size_bytes)
+            ddr.touch(lease.expert)
+            ddr.pin(lease.expert)
+        self.leases[lease.lease_id] = lease
+        return victims
+
+    def release(self, lease_id: str) -> Lease | None:
+        """Unpin a lease's expert; unknown ids (already released, or voided) are a no-op."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return None
+        socket = self.sockets.get(lease.socket_id)
+        if socket is not None:
+            socket.leases.discard(lease_id)
+            if lease.expert in socket.hbm and socket.hbm.is_pinned(lease.expert):
+                socket.hbm.unpin(lease.expert)
+                socket.hbm.touch(lease.expert)
+        self._unpin_ddr(lease)
+        return lease
+
+    def _unpin_ddr(self, lease: Lease) -> None:
+        if lease.tier == "hbm" or lease.node_id not in self.nodes:
+            return
+        ddr = self.nodes[lease.node_id].ddr
+        if lease.expert in ddr and ddr.is_pinned(lease.expert):
+            ddr.unpin(lease.expert)

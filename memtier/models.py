@@ -1,0 +1,106 @@
+"""Typed messages between memtier and its callers (the ingress and the socket replicas).
+
+Router and memtier hand `deployments/` small pydantic models, never dicts or tuples, so each
+side can change its internals without the other parsing them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Tier = Literal["hbm", "ddr", "store"]
+
+
+class SocketInfo(BaseModel):
+    """What a socket tells MemTier when it registers or heartbeats."""
+
+    socket_id: str = Field(description="Serve replica id (unique_id) or any unique name; dispatch key.")
+    node_id: str = Field(description="Ray node id: sockets on one node share its DDR store.")
+    hbm_bytes: int = Field(ge=0)
+    residents: list[str] = Field(default_factory=list, description="Experts materialised now, LRU first.")
+    in_use: list[str] = Field(default_factory=list, description="Experts pinned by running requests.")
+
+
+class Lease(BaseModel):
+    """MemTier's answer to `place(expert)`: where the request runs and what that costs.
+
+    The expert stays pinned on `socket_id` until `release(lease_id)`. `evict` lists the LRU
+    victims MemTier chose to make room; the socket evicts them (unless a request there still
+    uses one, in which case it makes room from its own LRU and reports what it did).
+    """
+
+    lease_id: str
+    expert: str
+    socket_id: str
+    node_id: str
+    tier: Tier = Field(description="Where the expert comes from: hbm (hit), ddr (this node), store.")
+    size_bytes: int
+    evict: list[str] = Field(default_factory=list)
+
+
+class ActivationReport(BaseModel):
+    """What really happened on the socket, sent back with `release` to keep the directory true."""
+
+    tier: Tier
+    switch_s: float = Field(0.0, description="Time to make the expert usable (0 for an HBM hit).")
+    bytes_moved: int = Field(0, description="DDR->HBM bytes copied or mapped for this activation.")
+    store_read: bool = Field(False, description="The node's DDR had to read the STORE for it.")
+    evicted: list[str] = Field(default_factory=list)
+    residents: list[str] = Field(default_factory=list, description="Socket residents after activation.")
+
+
+class TierCounters(BaseModel):
+    hits: int = 0
+    misses: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class SocketStatus(BaseModel):
+    socket_id: str
+    node_id: str
+    hbm_bytes: int
+    used_bytes: int
+    pinned_bytes: int
+    residents: list[str]
+    leases: int
+
+
+class NodeStatus(BaseModel):
+    node_id: str
+    ddr_bytes: int
+    used_bytes: int
+    residents: list[str]
+    sockets: list[SocketStatus]
+
+
+class MemtierStats(BaseModel):
+    """Counters since the actor started (they restart with it; the directory does not)."""
+
+    leases: int = 0
+    hbm: TierCounters = TierCounters()
+    ddr: TierCounters = TierCounters()
+    store_reads: int = 0
+    hbm_evictions: int = 0
+    ddr_evictions: int = 0
+    bytes_moved_ddr_to_hbm: int = 0
+    bytes_moved_store_to_ddr: int = 0
+    switch_s_p50: float = 0.0
+    switch_s_p90: float = 0.0
+    switch_s_p99: float = 0.0
+    switches: int = 0
+    hbm_hit_rate: float = 0.0
+    ddr_hit_rate: float = 0.0
+
+
+class MemtierStatus(BaseModel):
+    """Residency per node and socket, budgets and stats: the body of GET /v1/memtier."""
+
+    nodes: list[NodeStatus]
+    stats: MemtierStats
+    experts: dict[str, int] = Field(description="Expert id -> size in bytes.")

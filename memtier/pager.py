@@ -1,0 +1,302 @@
+"""The `MemTier` actor: the cluster-wide authority on where experts live and run.
+
+One named, detached, restartable actor per cluster, holding metadata only (never weights).
+`place` turns a request for an expert into a `Lease` on one socket (invariant 5), pinning the
+expert there until `release`. Sockets heartbeat what they hold; a socket that stops
+heartbeating is dropped (invariant 3), and after a restart the directory is rebuilt from the
+same heartbeats and from each node's DDR store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+
+import ray
+
+from memtier.directory import ResidencyDirectory, UnknownExpertError
+from memtier.metrics import MemtierMetrics
+from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo
+from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
+
+NAMESPACE = "coe"
+
+
+def memtier_actor_name(cluster: str) -> str:
+    return f"coe_memtier_{cluster}"
+
+
+class PlacementTimeout(Exception):
+    """No socket could take the expert within the wait: the cluster is saturated (HTTP 503)."""
+
+
+class MemTierCore:
+    """The actor's logic without Ray, so tests can drive time and failures directly."""
+
+    def __init__(
+        self,
+        cluster: str,
+        expert_bytes: dict[str, int],
+        ddr_bytes_per_node: int,
+        *,
+        saturation: int | None = None,
+        socket_timeout_s: float = 5.0,
+        lease_ttl_s: float = 600.0,
+    ) -> None:
+        self.cluster = cluster
+        self.directory = ResidencyDirectory(expert_bytes, ddr_bytes_per_node)
+        self.saturation = saturation
+        self.socket_timeout_s = socket_timeout_s
+        self.lease_ttl_s = lease_ttl_s
+        self.lease_granted_s: dict[str, float] = {}
+        self.stats = MemtierStats()
+        self._switch_s: deque[float] = deque(maxlen=20_000)
+        self.metrics = MemtierMetrics(cluster)
+
+    # ------------------------------------------------------------------ sockets
+    def heartbeat(self, info: SocketInfo, now_s: float) -> bool:
+        """Register or refresh a socket; returns True if it was new to this directory."""
+        new = info.socket_id not in self.directory.sockets
+        self.directory.register_socket(info, now_s)
+        return new
+
+    def drop_socket(self, socket_id: str) -> list[Lease]:
+        voided = self.directory.drop_socket(socket_id)
+        for lease in voided:
+            self.lease_granted_s.pop(lease.lease_id, None)
+        return voided
+
+    def reap(self, now_s: float) -> list[str]:
+        """Drop sockets that stopped heartbeating and leases nobody released in time."""
+        dead = [
+            s.socket_id
+            for s in self.directory.sockets.values()
+            if now_s - s.last_seen_s > self.socket_timeout_s
+        ]
+        for socket_id in dead:
+            self.drop_socket(socket_id)
+        for lease_id, granted_s in list(self.lease_granted_s.items()):
+            if now_s - granted_s > self.lease_ttl_s:
+                self.release(lease_id, None)
+        return dead
+
+    # ------------------------------------------------------------------ leases
+    def try_place(self, expert: str, now_s: float) -> Lease:
+        """Place now or raise NoCapacityNow / NeverPlaceable / UnknownExpertError."""
+        size_bytes = self.directory.size_of(expert)
+        socket, tier = choose_socket(self.directory, expert, saturation=self.saturation)
+        lease = Lease(
+            lease_id=uuid.uuid4().hex,
+            expert=expert,
+            socket_id=socket.socket_id,
+            node_id=socket.node_id,
+            tier=tier,
+            size_bytes=size_bytes,
+        )
+        lease.evict = self.directory.grant(lease)
+        self.lease_granted_s[lease.lease_id] = now_s
+        self.stats.leases += 1
+        self.metrics.in_flight(len(self.directory.leases))
+        return lease
+
+    def release(self, lease_id: str, report: ActivationReport | None) -> bool:
+        lease = self.directory.release(lease_id)
+        self.lease_granted_s.pop(lease_id, None)
+        self.metrics.in_flight(len(self.directory.leases))
+        if lease is None or report is None:
+            return lease is not None
+        self._record(report)
+        return True
+
+    def _record(self, report: ActivationReport) -> None:
+        stats = self.stats
+        if report.tier == "hbm":
+            stats.hbm.hits += 1
+            self.metrics.hit("hbm")
+        else:
+            stats.hbm.misses += 1
+            self.metrics.miss("hbm")
+            if report.store_read or report.tier == "store":
+                stats.ddr.misses += 1
+                self.metrics.miss("ddr")
+            else:
+                stats.ddr.hits += 1
+                self.metrics.hit("ddr")
+            stats.bytes_moved_ddr_to_hbm += report.bytes_moved
+            self.metrics.moved("hbm", report.bytes_moved)
+            self._switch_s.append(report.switch_s)
+            self.metrics.switched(report.switch_s)
+        stats.hbm_evictions += len(report.evicted)
+        self.metrics.evicted("hbm", len(report.evicted))
+
+    def _sorted_switches(self) -> list[float]:
+        return sorted(self._switch_s)
+
+    def record_ddr(self, store_reads: int, bytes_read: int, evictions: int) -> None:
+        self.stats.store_reads += store_reads
+        self.stats.bytes_moved_store_to_ddr += bytes_read
+        self.stats.ddr_evictions += evictions
+        self.metrics.moved("ddr", bytes_read)
+        self.metrics.evicted("ddr", evictions)
+
+    def snapshot_stats(self) -> MemtierStats:
+        stats = self.stats.model_copy(deep=True)
+        switches = self._sorted_switches()
+        if switches:
+
+            def pct(q: float) -> float:
+                return switches[min(len(switches) - 1, int(q * len(switches)))]
+
+            stats.switch_s_p50, stats.switch_s_p90, stats.switch_s_p99 = pct(0.5), pct(0.9), pct(0.99)
+        stats.switches = len(switches)
+        stats.hbm_hit_rate = stats.hbm.hit_rate
+        stats.ddr_hit_rate = stats.ddr.hit_rate
+        return stats
+
+    def status(self) -> MemtierStatus:
+        return MemtierStatus(
+            nodes=self.directory.status(),
+            stats=self.snapshot_stats(),
+            experts=dict(self.directory.expert_bytes),
+        )
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class MemTier:
+    """Ray actor around `MemTierCore`: async so `place` can wait for capacity without blocking."""
+
+    def __init__(
+        self,
+        cluster: str,
+        expert_bytes: dict[str, int],
+        ddr_bytes_per_node: int,
+        *,
+        saturation: int | None = None,
+        socket_timeout_s: float = 5.0,
+        lease_ttl_s: float = 600.0,
+        place_timeout_s: float = 60.0,
+    ) -> None:
+        self.core = MemTierCore(
+            cluster,
+            expert_bytes,
+            ddr_bytes_per_node,
+            saturation=saturation,
+            socket_timeout_s=socket_timeout_s,
+            lease_ttl_s=lease_ttl_s,
+        )
+        self.place_timeout_s = place_timeout_s
+        self._capacity_changed: asyncio.Event | None = None
+        self._reaper: asyncio.Task | None = None
+        self._ddr_synced: set[str] = set()
+
+    def _changed(self) -> asyncio.Event:
+        if self._capacity_changed is None:
+            self._capacity_changed = asyncio.Event()
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        return self._capacity_changed
+
+    def _notify(self) -> None:
+        event = self._changed()
+        event.set()
+        self._capacity_changed = asyncio.Event()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.core.socket_timeout_s / 4))
+            if self.core.reap(time.monotonic()):
+                self._notify()
+
+    async def ready(self) -> bool:
+        self._changed()
+        return True
+
+    async def heartbeat(self, info: SocketInfo) -> bool:
+        new = self.core.heartbeat(info, time.monotonic())
+        if info.node_id not in self._ddr_synced:
+            self._ddr_synced.add(info.node_id)
+            asyncio.get_running_loop().create_task(self._sync_ddr_from_store(info.node_id))
+        self._notify()
+        return new
+
+    async def _sync_ddr_from_store(self, node_id: str) -> None:
+        from memtier.ddr_store import ddr_store_name
+
+        try:
+            store = ray.get_actor(ddr_store_name(self.core.cluster, node_id), namespace=NAMESPACE)
+            residents = await store.residents.remote()
+        except ValueError:
+            return  # no DDR store on that node yet: nothing to adopt
+        self.core.directory.sync_ddr(node_id, residents)
+
+    async def drop_socket(self, socket_id: str) -> int:
+        """Called by the ingress when a socket failed a request: forget it now, not at timeout."""
+        voided = self.core.drop_socket(socket_id)
+        self._notify()
+        return len(voided)
+
+    async def place(self, expert: str, timeout_s: float | None = None) -> Lease:
+        deadline = time.monotonic() + (self.place_timeout_s if timeout_s is None else timeout_s)
+        while True:
+            try:
+                return self.core.try_place(expert, time.monotonic())
+            except NoCapacityNow as err:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PlacementTimeout(str(err)) from None
+                try:
+                    await asyncio.wait_for(self._changed().wait(), timeout=remaining)
+                except TimeoutError:
+                    pass
+            except (NeverPlaceable, UnknownExpertError):
+                raise
+
+    async def release(
+        self, lease_id: str, report: ActivationReport | None = None, socket: SocketInfo | None = None
+    ) -> bool:
+        released = self.core.release(lease_id, report)
+        if socket is not None and socket.socket_id in self.core.directory.sockets:
+            self.core.directory.sync_socket(socket)
+        self._notify()
+        return released
+
+    async def ddr_report(
+        self,
+        node_id: str,
+        residents: list[str],
+        store_reads: int = 0,
+        bytes_read: int = 0,
+        evictions: int = 0,
+    ) -> None:
+        self.core.directory.sync_ddr(node_id, residents)
+        self.core.record_ddr(store_reads, bytes_read, evictions)
+
+    async def prefetch(self, expert: str, node_id: str) -> bool:
+        """Warm `node_id`'s DDR with `expert` (a STORE read if it is not there yet)."""
+        from memtier.ddr_store import ddr_store_name
+
+        self.core.directory.size_of(expert)
+        store = ray.get_actor(ddr_store_name(self.core.cluster, node_id), namespace=NAMESPACE)
+        return await store.prefetch.remote(expert)
+
+    async def stats(self) -> MemtierStats:
+        return self.core.snapshot_stats()
+
+    async def status(self) -> MemtierStatus:
+        return self.core.status()
+
+    async def leases(self) -> list[Lease]:
+        return list(self.core.directory.leases.values())
+
+
+def start_memtier(cluster: str, expert_bytes: dict[str, int], ddr_bytes_per_node: int, **options):
+    """Get or create the cluster's MemTier actor (named, detached, restartable)."""
+    return MemTier.options(
+        name=memtier_actor_name(cluster), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(cluster, expert_bytes, ddr_bytes_per_node, **options)
+
+
+def get_memtier(cluster: str):
+    return ray.get_actor(memtier_actor_name(cluster), namespace=NAMESPACE)

@@ -1,0 +1,134 @@
+"""A socket's link to memtier: residency, heartbeats and lease release in one place.
+
+The `ExpertSocket` Serve replica and the plain `SocketActor` used by memtier tests and
+`bench.switch` both run one of these, so the contract with the MemTier actor (register,
+heartbeat what you hold, release each lease with what really happened) is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import ray
+import torch
+
+from cluster.config import ClusterConfig
+from memtier.materialize import Materialized
+from memtier.models import ActivationReport, Lease
+from memtier.pager import NAMESPACE, memtier_actor_name
+from memtier.socket_residency import SocketResidency, current_node_id, ddr_fetcher
+
+logger = logging.getLogger(__name__)
+
+
+class SocketAgent:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        socket_id: str,
+        *,
+        node_id: str | None = None,
+        heartbeat_s: float = 1.0,
+        device: str | None = None,
+    ) -> None:
+        self.config = config
+        self.socket_id = socket_id
+        self.node_id = node_id or current_node_id()
+        self.heartbeat_s = heartbeat_s
+        self.memtier_name = memtier_actor_name(config.name)
+        checkpoints = {e.id: str(config.checkpoint_path(e)) for e in config.experts}
+        device = device or config.topology.device
+        if device == "cuda":
+            device = f"cuda:{torch.cuda.current_device()}"
+        self.residency = SocketResidency(
+            socket_id,
+            self.node_id,
+            config.topology.hbm_per_socket,
+            {e.id: e.size_bytes for e in config.experts},
+            ddr_fetcher(
+                config.name, self.node_id, config.topology.ddr_per_node, checkpoints, self.memtier_name
+            ),
+            device=device,
+            dtypes={e.id: getattr(torch, e.dtype) for e in config.experts},
+        )
+        self._heartbeat_task: asyncio.Task | None = None
+        self._memtier = None
+
+    def _get_memtier(self):
+        if self._memtier is None:
+            self._memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
+        return self._memtier
+
+    async def start(self) -> None:
+        """Register now and heartbeat from then on (also how a restarted MemTier relearns us)."""
+        await self._get_memtier().heartbeat.remote(self.residency.info())
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_forever())
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self._get_memtier().heartbeat.remote(self.residency.info())
+            except Exception as err:  # MemTier restarting: keep trying, it will come back
+                logger.warning("memtier heartbeat failed: %s", err)
+                self._memtier = None
+
+    @contextlib.asynccontextmanager
+    async def leased(self, lease: Lease) -> AsyncIterator[tuple[Materialized, ActivationReport]]:
+        """Hold `lease.expert` in HBM for the body; release it here and at MemTier afterwards,
+        whatever happens inside (errors, cancellation by a disconnected client)."""
+        if lease.socket_id != self.socket_id:
+            raise ValueError(f"lease {lease.lease_id} is for socket {lease.socket_id}, not {self.socket_id}")
+        report: ActivationReport | None = None
+        try:
+            materialized, report = await self.residency.acquire(lease)
+            yield materialized, report
+        finally:
+            if report is not None:
+                await self.residency.release(lease.expert)
+            # Awaited (one actor round trip) so the next placement sees this socket's true load.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._get_memtier().release.remote(lease.lease_id, report, self.residency.info()), 10
+                )
+
+
+@ray.remote(num_cpus=0)
+class SocketActor:
+    """A socket without Serve: holds experts for a lease for `hold_s` and reports."""
+
+    def __init__(self, config: ClusterConfig, socket_id: str, heartbeat_s: float = 0.5) -> None:
+        self.agent = SocketAgent(config, socket_id, heartbeat_s=heartbeat_s)
+
+    async def start(self) -> str:
+        await self.agent.start()
+        return self.agent.node_id
+
+    async def run(self, lease: Lease, hold_s: float = 0.0, generate_tokens: int = 0) -> dict:
+        residency = self.agent.residency
+        async with self.agent.leased(lease) as (materialized, report):
+            over_budget = residency.lru.used_bytes > residency.lru.capacity_bytes
+            if generate_tokens:
+                ids = torch.tensor([[1, 2, 3]])
+                out = await asyncio.to_thread(
+                    materialized.model.generate,
+                    input_ids=ids,
+                    max_new_tokens=generate_tokens,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
+                assert out.shape[1] == 3 + generate_tokens or out.shape[1] > 3
+            await asyncio.sleep(hold_s)
+            return {
+                "report": report,
+                "used_bytes": residency.lru.used_bytes,
+                "over_budget": over_budget,
+                "residents": residency.info().residents,
+            }
+
+    def info(self) -> dict:
+        return self.agent.residency.info().model_dump()
