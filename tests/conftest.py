@@ -36,3 +36,11 @@ def demo_zoo(zoo_root: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_config(tiny_zoo: list[Path]) -> ClusterConfig:
     return load_config(CONFIGS / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def router_artifact(zoo_root: Path):
+    """The demo router artifact (trained once into the zoo folder if missing)."""
+    from router import load_router
+
+    return load_router(None)

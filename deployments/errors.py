@@ -1,0 +1,84 @@
+"""Errors the API can return, and the one place each becomes an HTTP or gRPC status.
+
+Handlers raise these; `http_error` and `grpc_status` map them (STYLE: map errors to status
+codes in one place). Anything else is logged and becomes a plain 500 / INTERNAL.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CoEError(Exception):
+    """Base: `status` (HTTP), `grpc_code`, OpenAI `type`, and the offending `param` if any."""
+
+    status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(CoEError):
+    status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class LimitExceeded(InvalidRequest):
+    code = "limit_exceeded"
+
+
+class ModelNotFound(CoEError):
+    status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NoCapacity(CoEError):
+    """No socket can hold the expert now (saturated) or ever (too large)."""
+
+    status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    type = "server_error"
+    code = "no_capacity"
+
+
+class SocketFailed(CoEError):
+    """The socket serving the request died, and the retry on another socket failed too."""
+
+    status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    type = "server_error"
+    code = "socket_failed"
+
+
+class DeadlineExceeded(CoEError):
+    status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    type = "server_error"
+    code = "timeout"
+
+
+def error_body(err: CoEError) -> dict:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def internal_error(err: BaseException) -> CoEError:
+    return CoEError(f"internal error: {type(err).__name__}", code="internal_error")

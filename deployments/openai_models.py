@@ -1,0 +1,99 @@
+"""OpenAI wire formats we accept and return (the subset CoE Serve implements).
+
+Unknown request fields are ignored, as OpenAI-compatible servers do, so stock clients that
+send extra options keep working; the fields we implement are validated strictly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[ContentPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Lenient):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="One choice per request (n > 1 is not supported).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > 4 or any(not s for s in items):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return value
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str = Field(min_length=1)
+
+
+class RouteRequest(_Lenient):
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+
+
+class CoEInfo(BaseModel):
+    """How the request was served; also sent as `x-coe-*` headers."""
+
+    expert: str = Field(description="Expert that generated the answer.")
+    category: str | None = Field(None, description="Router's category (None when `model` named an expert).")
+    routed: bool = Field(description="True when `model` was `coe` and the router chose the expert.")
+    fallback: bool = Field(
+        False, description="The router was unsure (entropy above τ) and used the fallback."
+    )
+    entropy: float | None = None
+    tier: str = Field(
+        description="Where the weights came from: hbm (resident), ddr (node memory), store (disk)."
+    )
+    socket: str = Field(description="Socket (Serve replica) that ran it.")
+    node: str = Field(description="Ray node id of that socket.")
+    switch_s: float = Field(0.0, description="Seconds spent making the expert resident (0 on an HBM hit).")
+    retried: bool = Field(False, description="A socket failed mid-request and another one answered.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int

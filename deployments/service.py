@@ -1,0 +1,256 @@
+"""The CoE request path, shared by the HTTP and gRPC front doors.
+
+validate -> route (explicit expert or the router) -> tokenise and check limits -> lease from
+MemTier -> dispatch to the leased socket -> stream events. A socket that dies before sending
+any token is dropped from MemTier and the request is re-placed once (invariant 7); the lease is
+released on every path (the socket releases it on completion; we release it on failure and
+cancellation, and release is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ray.exceptions import RayActorError, RayTaskError
+
+from cluster.config import ClusterConfig
+from deployments.errors import (
+    CoEError,
+    DeadlineExceeded,
+    InvalidRequest,
+    LimitExceeded,
+    ModelNotFound,
+    NoCapacity,
+    SocketFailed,
+)
+from deployments.memtier_client import ensure_memtier
+from deployments.openai_models import CoEInfo
+from deployments.tokenizers import TokenizerCache
+from deployments.wire import GenerationRequest, LeaseMismatch, SocketEvent, SocketRequest
+from memtier.directory import UnknownExpertError
+from memtier.pager import PlacementTimeout
+from memtier.placement import NeverPlaceable
+
+logger = logging.getLogger("ray.serve")
+COE_MODEL = "coe"
+
+
+@dataclass
+class Prepared:
+    """A validated request, bound to an expert and tokenised."""
+
+    request: GenerationRequest
+    expert: str
+    input_ids: list[int]
+    max_tokens: int
+    category: str | None = None
+    routed: bool = False
+    fallback: bool = False
+    entropy: float | None = None
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The user exception inside a RayTaskError (Serve wraps replica exceptions)."""
+    if isinstance(err, RayTaskError):
+        cause = getattr(err, "cause", None)
+        if cause is not None:
+            return cause
+    return err
+
+
+class CoEService:
+    def __init__(self, config: ClusterConfig, socket_handle) -> None:
+        self.config = config
+        self.sockets = socket_handle
+        self.memtier = ensure_memtier(config)
+        self.tokenizers = TokenizerCache(config)
+        self._router = None
+        self.expert_ids = set(config.expert_ids)
+
+    # ------------------------------------------------------------------ routing
+    def router(self):
+        if self._router is None:
+            from router import load_router
+
+            r = self.config.router
+            self._router = load_router(
+                r.artifact,
+                category_map=r.category_map,
+                fallback_expert=r.fallback_expert,
+                entropy_threshold=r.entropy_threshold,
+            )
+        return self._router
+
+    async def route(self, prompt_or_messages):
+        from router.errors import InvalidPromptError
+
+        try:
+            return await asyncio.to_thread(self.router().route, prompt_or_messages)
+        except InvalidPromptError as err:
+            raise InvalidRequest(str(err), param="messages") from None
+
+    # ------------------------------------------------------------------ prepare
+    async def prepare(self, request: GenerationRequest) -> Prepared:
+        limits = self.config.limits
+        max_tokens = request.max_tokens or limits.default_max_tokens
+        if max_tokens > limits.max_tokens:
+            raise LimitExceeded(
+                f"max_tokens is {max_tokens}, the limit is {limits.max_tokens}; ask for fewer",
+                param="max_tokens",
+            )
+        if request.messages is not None and len(request.messages) > limits.max_messages:
+            raise LimitExceeded(
+                f"{len(request.messages)} messages, the limit is {limits.max_messages}", param="messages"
+            )
+        prepared = Prepared(request=request, expert=request.model, input_ids=[], max_tokens=max_tokens)
+        if request.model == COE_MODEL:
+            decision = await self.route(request.messages if request.messages is not None else request.prompt)
+            prepared.expert, prepared.category = decision.expert, decision.category
+            prepared.routed, prepared.fallback, prepared.entropy = True, decision.fallback, decision.entropy
+        elif request.model not in self.expert_ids:
+            raise ModelNotFound(
+                f"model {request.model!r} does not exist; GET /v1/models lists "
+                f"'{COE_MODEL}' and {len(self.expert_ids)} experts",
+                param="model",
+            )
+        prepared.input_ids = await asyncio.to_thread(self._tokenize, prepared)
+        if len(prepared.input_ids) > limits.max_prompt_tokens:
+            raise LimitExceeded(
+                f"the prompt is {len(prepared.input_ids)} tokens, the limit is "
+                f"{limits.max_prompt_tokens}; shorten it",
+                param="messages",
+            )
+        return prepared
+
+    def _tokenize(self, prepared: Prepared) -> list[int]:
+        tokenizer = self.tokenizers.get(prepared.expert)
+        request = prepared.request
+        if request.messages is None:
+            return list(tokenizer(request.prompt or "", add_special_tokens=False)["input_ids"])
+        system = self.config.expert(prepared.expert).system_prompt
+        messages = [dict(m) for m in request.messages]
+        if system:
+            if messages and messages[0]["role"] in {"system", "developer"}:
+                messages[0] = {"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}
+            else:
+                messages.insert(0, {"role": "system", "content": system})
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+    # ------------------------------------------------------------------ dispatch
+    async def _place(self, expert: str):
+        try:
+            return await self.memtier.place.remote(expert)
+        except RayTaskError as err:
+            cause = _cause(err)
+            if isinstance(cause, PlacementTimeout):
+                raise NoCapacity(
+                    f"no socket could take expert {expert!r} in time: {cause}", retry_after_s=1.0
+                ) from None
+            if isinstance(cause, NeverPlaceable):
+                raise NoCapacity(f"expert {expert!r} cannot be placed: {cause}") from None
+            if isinstance(cause, UnknownExpertError):
+                raise ModelNotFound(str(cause), param="model") from None
+            raise
+
+    async def stream(self, prepared: Prepared, info_out: list[CoEInfo]) -> AsyncIterator[SocketEvent]:
+        """Token events for `prepared`; `info_out` receives the CoEInfo once the expert is active."""
+        payload = SocketRequest(
+            expert=prepared.expert,
+            input_ids=prepared.input_ids,
+            max_tokens=prepared.max_tokens,
+            temperature=prepared.request.temperature,
+            top_p=prepared.request.top_p,
+            stop=prepared.request.stop,
+            seed=prepared.request.seed,
+        ).model_dump()
+        deadline = time.monotonic() + self.config.limits.request_timeout_s
+        retried = False
+        for attempt in range(3):
+            lease = await self._place(prepared.expert)
+            responses = self.sockets.options(stream=True).generate.remote(
+                payload, socket=lease.socket_id, lease=lease
+            )
+            sent_tokens = False
+            try:
+                async for raw in _with_deadline(responses, deadline):
+                    event = SocketEvent.model_validate(raw)
+                    if event.type == "activation":
+                        info_out.append(
+                            CoEInfo(
+                                expert=prepared.expert,
+                                category=prepared.category,
+                                routed=prepared.routed,
+                                fallback=prepared.fallback,
+                                entropy=prepared.entropy,
+                                tier=event.report.tier,
+                                socket=event.socket_id or lease.socket_id,
+                                node=event.node_id or lease.node_id,
+                                switch_s=event.report.switch_s,
+                                retried=retried,
+                            )
+                        )
+                        continue
+                    if event.finish_reason == "error":
+                        raise CoEError(f"generation failed on socket {lease.socket_id}: {event.text}")
+                    sent_tokens = True
+                    yield event
+                return
+            except (asyncio.CancelledError, GeneratorExit):
+                responses.cancel()
+                await self._release(lease.lease_id)
+                raise
+            except (RayActorError, RayTaskError) as err:
+                await self._release(lease.lease_id)
+                cause = _cause(err)
+                if isinstance(cause, LeaseMismatch):
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue  # the router lost the leased replica: place again
+                if isinstance(err, RayActorError) or isinstance(cause, RayActorError):
+                    logger.warning("socket %s failed mid-request (%s); dropping it", lease.socket_id, err)
+                    await self.memtier.drop_socket.remote(lease.socket_id)
+                    if sent_tokens or retried:
+                        raise SocketFailed(
+                            f"socket {lease.socket_id} failed mid-request: {type(err).__name__}",
+                            retry_after_s=1.0,
+                        ) from None
+                    retried = True
+                    continue
+                raise
+            except BaseException:
+                responses.cancel()
+                await self._release(lease.lease_id)
+                raise
+        raise SocketFailed("could not reach a socket for this request after 3 placements", retry_after_s=1.0)
+
+    async def _release(self, lease_id: str) -> None:
+        try:
+            await self.memtier.release.remote(lease_id)
+        except Exception as err:  # MemTier restarting: its lease TTL reaps the pin
+            logger.warning("releasing lease %s failed: %s", lease_id, err)
+
+    async def status(self):
+        return await self.memtier.status.remote()
+
+
+async def _with_deadline(responses, deadline: float):
+    iterator = responses.__aiter__()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            responses.cancel()
+            raise DeadlineExceeded("the request took longer than limits.request_timeout_s")
+        try:
+            item = await asyncio.wait_for(iterator.__anext__(), remaining)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            responses.cancel()
+            raise DeadlineExceeded("the request took longer than limits.request_timeout_s") from None
+        yield item
