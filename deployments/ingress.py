@@ -19,6 +19,7 @@ from ray import serve
 
 from cluster.config import ClusterConfig
 from deployments.errors import CoEError, InvalidRequest, LimitExceeded, error_body, internal_error
+from deployments.grpc_servicer import GrpcServicerMixin
 from deployments.openai_models import (
     ChatCompletionRequest,
     CoEInfo,
@@ -56,7 +57,7 @@ def _sse(data: dict | str) -> str:
 
 
 @serve.ingress(app)
-class CoERouter:
+class CoERouter(GrpcServicerMixin):
     def __init__(self, config: ClusterConfig, sockets) -> None:
         self.config = config
         self.service = CoEService(config, sockets)
