@@ -117,7 +117,7 @@ class CoERouter(GrpcServicerMixin):
     async def _complete(self, prepared: Prepared, kind: str) -> Response:
         info: list[CoEInfo] = []
         parts, finish, tokens = [], "stop", 0
-        async for event in self.service.stream(prepared, info):
+        async for event in self.service.stream(prepared, info, buffered=True):
             parts.append(event.text)
             tokens = event.completion_tokens or tokens
             finish = event.finish_reason or finish

@@ -159,8 +159,16 @@ class CoEService:
                 raise ModelNotFound(str(cause), param="model") from None
             raise
 
-    async def stream(self, prepared: Prepared, info_out: list[CoEInfo]) -> AsyncIterator[SocketEvent]:
-        """Token events for `prepared`; `info_out` receives the CoEInfo once the expert is active."""
+    async def stream(
+        self, prepared: Prepared, info_out: list[CoEInfo], *, buffered: bool = False
+    ) -> AsyncIterator[SocketEvent]:
+        """Token events for `prepared`; `info_out` receives the CoEInfo once the expert is active.
+
+        A socket that dies is dropped from MemTier and the request placed once more. Streaming
+        callers (`buffered=False`) can only be retried before their first token; a buffered
+        caller (a non-streaming response) gets the whole answer from one attempt, so a crash
+        at any point is retried.
+        """
         payload = SocketRequest(
             expert=prepared.expert,
             input_ids=prepared.input_ids,
@@ -178,10 +186,12 @@ class CoEService:
                 payload, socket=lease.socket_id, lease=lease
             )
             sent_tokens = False
+            held: list[SocketEvent] = []
             try:
                 async for raw in _with_deadline(responses, deadline):
                     event = SocketEvent.model_validate(raw)
                     if event.type == "activation":
+                        info_out.clear()
                         info_out.append(
                             CoEInfo(
                                 expert=prepared.expert,
@@ -199,7 +209,12 @@ class CoEService:
                         continue
                     if event.finish_reason == "error":
                         raise CoEError(f"generation failed on socket {lease.socket_id}: {event.text}")
+                    if buffered:
+                        held.append(event)
+                        continue
                     sent_tokens = True
+                    yield event
+                for event in held:
                     yield event
                 return
             except (asyncio.CancelledError, GeneratorExit):
