@@ -28,6 +28,11 @@ class TopologyConfig(_Strict):
     """How many sockets there are and how much memory each tier has."""
 
     nodes: int = Field(1, ge=1, description="Nodes in the cluster; one DDR store and MemTier view each.")
+    from_cluster: bool = Field(
+        False,
+        description="Take `nodes` and `sockets_per_node` from the running Ray cluster (nodes advertising "
+        "`coe_socket`, or GPUs when device is cuda) instead of this file; `cluster.deploy` resolves it.",
+    )
     sockets_per_node: int = Field(
         8, ge=1, description="Sockets (accelerators) per node: 8, as on an SN40L node or an 8-GPU server."
     )

@@ -101,8 +101,16 @@ def _crd_schemas(directory: str) -> dict[tuple[str, str, str], dict]:
     root = Path(directory)
     files = sorted(root.glob("*.yaml")) if root.is_dir() else []
     if not files:
-        raise ManifestError([Problem(str(root), "<crds>", f"no KubeRay CRDs here; set {CRD_DIR_ENV} to the "
-                                     "folder holding ray.io_rayservices.yaml and friends")])
+        raise ManifestError(
+            [
+                Problem(
+                    str(root),
+                    "<crds>",
+                    f"no KubeRay CRDs here; set {CRD_DIR_ENV} to the "
+                    "folder holding ray.io_rayservices.yaml and friends",
+                )
+            ]
+        )
     schemas = {}
     for file in files:
         crd = yaml.load(file.read_text(), Loader=_YAML_LOADER)
@@ -116,9 +124,24 @@ def _crd_schemas(directory: str) -> dict[tuple[str, str, str], dict]:
     return schemas
 
 
-_KEPT_KEYWORDS = {"type", "required", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum",
-                  "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "minProperties",
-                  "maxProperties", "multipleOf", "uniqueItems"}
+_KEPT_KEYWORDS = {
+    "type",
+    "required",
+    "enum",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "multipleOf",
+    "uniqueItems",
+}
 _FORMAT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 
@@ -165,8 +188,11 @@ OBJECT_META: dict = {
     "required": ["name"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "maxLength": 253,
-                 "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+        "name": {
+            "type": "string",
+            "maxLength": 253,
+            "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        },
         "namespace": {"type": "string", "maxLength": 63, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
         "labels": _STRING_MAP,
         "annotations": _STRING_MAP,
@@ -179,12 +205,17 @@ _KUSTOMIZATION: dict = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
         "resources": {"type": "array", "items": {"type": "string"}},
         "components": {"type": "array", "items": {"type": "string"}},
-        "namespace": {"type": "string"}, "namePrefix": {"type": "string"}, "nameSuffix": {"type": "string"},
+        "namespace": {"type": "string"},
+        "namePrefix": {"type": "string"},
+        "nameSuffix": {"type": "string"},
         "labels": {"type": "array", "items": {"type": "object"}},
-        "commonLabels": _STRING_MAP, "commonAnnotations": _STRING_MAP,
+        "commonLabels": _STRING_MAP,
+        "commonAnnotations": _STRING_MAP,
         "images": {"type": "array", "items": {"type": "object"}},
         "patches": {"type": "array", "items": {"type": "object"}},
         "replicas": {"type": "array", "items": {"type": "object"}},
@@ -204,27 +235,49 @@ def _validator(directory: str, api_version: str, kind: str) -> jsonschema.Draft7
         return jsonschema.Draft7Validator(_KUSTOMIZATION)
     crds = _crd_schemas(directory)
     if (api_version, kind) == ("v1", "ConfigMap"):
-        schema = {"type": "object", "additionalProperties": False,
-                  "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                 "data": _STRING_MAP, "binaryData": _STRING_MAP,
-                                 "immutable": {"type": "boolean"}}}
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "data": _STRING_MAP,
+                "binaryData": _STRING_MAP,
+                "immutable": {"type": "boolean"},
+            },
+        }
     elif (api_version, kind) == ("v1", "PersistentVolumeClaim"):
         # The CRDs embed PersistentVolumeClaimSpec in ephemeral volumes: reuse it, it is the real one.
         pod = crds[("ray.io", "v1", "RayCluster")]["properties"]["spec"]["properties"]["headGroupSpec"]
         volume = pod["properties"]["template"]["properties"]["spec"]["properties"]["volumes"]["items"]
         claim = volume["properties"]["ephemeral"]["properties"]["volumeClaimTemplate"]["properties"]["spec"]
-        schema = {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-                  "additionalProperties": False,
-                  "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                 "spec": to_json_schema(claim), "status": {"type": "object"}}}
+        schema = {
+            "type": "object",
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "additionalProperties": False,
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "spec": to_json_schema(claim),
+                "status": {"type": "object"},
+            },
+        }
     else:
         group, _, version = api_version.rpartition("/")
         raw = crds.get((group, version, kind))
         if raw is None:
             known = ", ".join(sorted(f"{g}/{v} {k}" for g, v, k in crds))
-            raise ManifestError([Problem(f"{kind}", "apiVersion", f"no served CRD version for {api_version} "
-                                         f"{kind} in {directory} (known: {known}; plus v1 ConfigMap, "
-                                         "v1 PersistentVolumeClaim, Kustomization)")])
+            raise ManifestError(
+                [
+                    Problem(
+                        f"{kind}",
+                        "apiVersion",
+                        f"no served CRD version for {api_version} "
+                        f"{kind} in {directory} (known: {known}; plus v1 ConfigMap, "
+                        "v1 PersistentVolumeClaim, Kustomization)",
+                    )
+                ]
+            )
         schema = to_json_schema(raw)
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
     schema["properties"]["metadata"] = OBJECT_META
@@ -238,11 +291,17 @@ def _schema_problems(validator: jsonschema.Draft7Validator, doc: dict, where: st
         path: PathParts = list(err.absolute_path)
         if err.validator == "additionalProperties" and err.validator_value is False:
             known = err.schema.get("properties", {})
-            problems += [Problem(where, format_path([*path, key]), "unknown field (not in the schema)")
-                         for key in err.instance if key not in known]
+            problems += [
+                Problem(where, format_path([*path, key]), "unknown field (not in the schema)")
+                for key in err.instance
+                if key not in known
+            ]
         elif err.validator == "required":
-            problems += [Problem(where, format_path([*path, key]), "required field is missing")
-                         for key in err.validator_value if key not in err.instance]
+            problems += [
+                Problem(where, format_path([*path, key]), "required field is missing")
+                for key in err.validator_value
+                if key not in err.instance
+            ]
         elif err.schema.get("x-coe-int-or-string") and isinstance(err.instance, str):
             message = f"{err.instance!r:.80} is not a Kubernetes quantity (e.g. 8, '500m', '64Gi')"
             problems.append(Problem(where, format_path(path), message))
@@ -308,13 +367,16 @@ def parse_serve_config(text: Any, where: str, base: PathParts) -> tuple[dict | N
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema  # heavy import: only when a serveConfigV2 is seen
 
-    problems = [Problem(where, format_path([*base, *path]), message)
-                for path, message in _model_keys(ServeDeploySchema, data, [])]
+    problems = [
+        Problem(where, format_path([*base, *path]), message)
+        for path, message in _model_keys(ServeDeploySchema, data, [])
+    ]
     try:
         ServeDeploySchema.model_validate(data)
     except ValidationError as err:
-        problems += [Problem(where, format_path([*base, *e["loc"]]), e["msg"][:_MESSAGE_CHARS])
-                     for e in err.errors()]
+        problems += [
+            Problem(where, format_path([*base, *e["loc"]]), e["msg"][:_MESSAGE_CHARS]) for e in err.errors()
+        ]
     return data, problems
 
 
@@ -326,8 +388,13 @@ def _document_problems(doc: Any, where: str) -> list[Problem]:
         return [Problem(where, "<document>", "a manifest must be a YAML mapping")]
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     if not isinstance(api_version, str) or not isinstance(kind, str):
-        return [Problem(where, "apiVersion" if not isinstance(api_version, str) else "kind",
-                        "required field is missing or not a string")]
+        return [
+            Problem(
+                where,
+                "apiVersion" if not isinstance(api_version, str) else "kind",
+                "required field is missing or not a string",
+            )
+        ]
     try:
         problems = _schema_problems(_validator(str(crd_dir()), api_version, kind), doc, where)
     except ManifestError as err:
@@ -362,7 +429,9 @@ _QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([KMGTPE]i|[
 _QUANTITY_SUFFIXES = {
     **{unit: Decimal(2) ** (10 * n) for n, unit in enumerate(["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])},
     **{unit: Decimal(10) ** (3 * n) for n, unit in enumerate(["", "k", "M", "G", "T", "P", "E"])},
-    "m": Decimal("1e-3"), "u": Decimal("1e-6"), "n": Decimal("1e-9"),
+    "m": Decimal("1e-3"),
+    "u": Decimal("1e-6"),
+    "n": Decimal("1e-9"),
 }
 
 
@@ -394,8 +463,10 @@ def ray_resources(group: dict) -> dict[str, Decimal]:
     text = str(raw)
     body = text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else None
     if body is None or re.search(r'(?<!\\)"', body):
-        raise ValueError("must be JSON wrapped in double quotes with the inner quotes escaped, e.g. "
-                         "'\"{\\\"coe_socket\\\": 8}\"' (KubeRay pastes it into `ray start --resources=`)")
+        raise ValueError(
+            "must be JSON wrapped in double quotes with the inner quotes escaped, e.g. "
+            '\'"{\\"coe_socket\\": 8}"\' (KubeRay pastes it into `ray start --resources=`)'
+        )
     try:
         parsed = json.loads(body.replace('\\"', '"').replace("\\\\", "\\"))  # what bash makes of it
     except json.JSONDecodeError as err:
@@ -482,8 +553,11 @@ def _cluster_uses(docs: list[tuple[str, dict]], problems: list[Problem]) -> list
                 for i, app in enumerate((serve or {}).get("applications") or [])
                 if isinstance((app.get("args") or {}).get("config"), str)
             ]
-            uses.append(_ClusterUse(where, ["spec", "rayClusterConfig"], spec.get("rayClusterConfig") or {},
-                                    configs, serve))
+            uses.append(
+                _ClusterUse(
+                    where, ["spec", "rayClusterConfig"], spec.get("rayClusterConfig") or {}, configs, serve
+                )
+            )
         elif kind == "RayCluster":
             use = _ClusterUse(where, ["spec"], spec, [])
             by_name[(doc.get("metadata") or {}).get("name", "")] = use
@@ -499,8 +573,13 @@ def _cluster_uses(docs: list[tuple[str, dict]], problems: list[Problem]) -> list
         elif (name := (spec.get("clusterSelector") or {}).get("ray.io/cluster")) in by_name:
             by_name[name].configs += refs
         else:
-            problems.append(Problem(where, 'spec.clusterSelector["ray.io/cluster"]',
-                                    f"no RayCluster named {name!r} among these manifests"))
+            problems.append(
+                Problem(
+                    where,
+                    'spec.clusterSelector["ray.io/cluster"]',
+                    f"no RayCluster named {name!r} among these manifests",
+                )
+            )
     return uses
 
 
@@ -508,16 +587,22 @@ def _check_policy(use: _ClusterUse) -> None:
     """Security defaults (RAY-NOTES): token auth on, nothing but Serve published, one Ray version."""
     head = use.spec.get("headGroupSpec") or {}
     if (use.spec.get("authOptions") or {}).get("mode") != "token":
-        use.report([*use.base, "authOptions", "mode"],
-                   "must be 'token': the dashboard and Jobs API run code for whoever reaches them")
+        use.report(
+            [*use.base, "authOptions", "mode"],
+            "must be 'token': the dashboard and Jobs API run code for whoever reaches them",
+        )
     if head.get("serviceType", "ClusterIP") != "ClusterIP" or head.get("enableIngress"):
-        use.report([*use.base, "headGroupSpec", "serviceType"],
-                   "the head Service carries the dashboard and GCS: keep it ClusterIP without ingress, "
-                   "and publish Serve through the serve Service")
+        use.report(
+            [*use.base, "headGroupSpec", "serviceType"],
+            "the head Service carries the dashboard and GCS: keep it ClusterIP without ingress, "
+            "and publish Serve through the serve Service",
+        )
     installed = metadata.version("ray")
     if str(use.spec.get("rayVersion", "")).split(".")[:2] != installed.split(".")[:2]:
-        use.report([*use.base, "rayVersion"],
-                   f"must match the project's Ray ({installed}), got {use.spec.get('rayVersion')!r}")
+        use.report(
+            [*use.base, "rayVersion"],
+            f"must match the project's Ray ({installed}), got {use.spec.get('rayVersion')!r}",
+        )
 
 
 def _config_sources(use: _ClusterUse, file: str, named_at: PathParts) -> set[tuple[str, str]]:
@@ -529,8 +614,11 @@ def _config_sources(use: _ClusterUse, file: str, named_at: PathParts) -> set[tup
         items = {item.get("path"): item.get("key") for item in projected.get("items") or []}
         key = (items.get(found[0]) if items else found[0]) if found else None
         if not projected or key is None:
-            use.report(group.in_container("volumeMounts"), f"no ConfigMap volume provides {file} (named at "
-                       f"{format_path(named_at)}); Serve may build the app on any pod")
+            use.report(
+                group.in_container("volumeMounts"),
+                f"no ConfigMap volume provides {file} (named at "
+                f"{format_path(named_at)}); Serve may build the app on any pod",
+            )
         else:
             sources.add((projected.get("name", ""), key))
     return sources
@@ -543,8 +631,13 @@ def _load_config(name: str, key: str, configmaps: dict[str, tuple[str, dict]]) -
     from cluster.config import config_from_dict
 
     if name not in configmaps:
-        return None, [Problem(f"ConfigMap {name}", "<document>",
-                              "mounted by a Ray pod but not among these manifests (check the whole folder)")]
+        return None, [
+            Problem(
+                f"ConfigMap {name}",
+                "<document>",
+                "mounted by a Ray pod but not among these manifests (check the whole folder)",
+            )
+        ]
     where, doc = configmaps[name]
     text = (doc.get("data") or {}).get(key)
     if not isinstance(text, str):
@@ -552,8 +645,10 @@ def _load_config(name: str, key: str, configmaps: dict[str, tuple[str, dict]]) -
     try:
         return config_from_dict(yaml.safe_load(text), check_store=False), []
     except ValidationError as err:
-        return None, [Problem(where, format_path(["data", key, *e["loc"]]), e["msg"][:_MESSAGE_CHARS])
-                      for e in err.errors()]
+        return None, [
+            Problem(where, format_path(["data", key, *e["loc"]]), e["msg"][:_MESSAGE_CHARS])
+            for e in err.errors()
+        ]
     except (yaml.YAMLError, ValueError, TypeError) as err:
         return None, [Problem(where, format_path(["data", key]), str(err)[:_MESSAGE_CHARS])]
 
@@ -564,9 +659,11 @@ def _check_fit(use: _ClusterUse, config: Any, source: str) -> None:
     for group in use.groups:
         mount = group.mount_for(config.store_root) if config.store_root else None
         if mount is None or set(mount[1]) & _EPHEMERAL_VOLUMES:
-            use.report(group.in_container("volumeMounts"),
-                       f"store_root {config.store_root} must be on a persistent volume mounted in every pod: "
-                       f"whichever node pages an expert in reads it ({source})")
+            use.report(
+                group.in_container("volumeMounts"),
+                f"store_root {config.store_root} must be on a persistent volume mounted in every pod: "
+                f"whichever node pages an expert in reads it ({source})",
+            )
         try:
             sockets = ray_resources(group.spec).get(SOCKET_RESOURCE, Decimal(0))
         except ValueError as err:
@@ -576,14 +673,19 @@ def _check_fit(use: _ClusterUse, config: Any, source: str) -> None:
             continue
         nodes += 1 if group.is_head else int(group.spec.get("replicas", group.spec.get("minReplicas")) or 0)
         if sockets != topo.sockets_per_node:
-            use.report(group.at("rayStartParams", "resources"), f"{SOCKET_RESOURCE} is {sockets} but "
-                       f"topology.sockets_per_node is {topo.sockets_per_node} ({source})")
+            use.report(
+                group.at("rayStartParams", "resources"),
+                f"{SOCKET_RESOURCE} is {sockets} but "
+                f"topology.sockets_per_node is {topo.sockets_per_node} ({source})",
+            )
         if topo.device == "cuda":
             _check_gpus(use, group, topo.sockets_per_node, source)
         _check_memory(use, group, topo.ddr_per_node, source)
     if nodes != topo.nodes:
-        use.report([*use.base, "workerGroupSpecs"],
-                   f"{nodes} pods advertise {SOCKET_RESOURCE} but topology.nodes is {topo.nodes} ({source})")
+        use.report(
+            [*use.base, "workerGroupSpecs"],
+            f"{nodes} pods advertise {SOCKET_RESOURCE} but topology.nodes is {topo.nodes} ({source})",
+        )
     _check_ports(use, config, source)
 
 
@@ -592,8 +694,10 @@ def _check_gpus(use: _ClusterUse, group: _Group, sockets: int, source: str) -> N
     limits = (group.container.get("resources") or {}).get("limits") or {}
     gpus = next((parse_quantity(v) for k, v in limits.items() if k.endswith("/gpu")), Decimal(0))
     if gpus != sockets:
-        use.report(group.in_container("resources", "limits", "nvidia.com/gpu"),
-                   f"{gpus} GPUs per pod, but sockets_per_node is {sockets} on a cuda topology ({source})")
+        use.report(
+            group.in_container("resources", "limits", "nvidia.com/gpu"),
+            f"{gpus} GPUs per pod, but sockets_per_node is {sockets} on a cuda topology ({source})",
+        )
     num_gpus = (group.spec.get("rayStartParams") or {}).get("num-gpus")
     if num_gpus is not None and parse_quantity(num_gpus) != sockets:
         use.report(group.at("rayStartParams", "num-gpus"), f"must be {sockets}, sockets_per_node ({source})")
@@ -603,25 +707,36 @@ def _check_memory(use: _ClusterUse, group: _Group, ddr_bytes: int, source: str) 
     """DDR is the node's object store: it must hold ddr_per_node, in RAM (/dev/shm), inside the pod limit."""
     params = group.spec.get("rayStartParams") or {}
     if "object-store-memory" not in params:
-        use.report(group.at("rayStartParams", "object-store-memory"),
-                   f"must be set: ddr_per_node ({ddr_bytes} bytes) plus headroom ({source})")
+        use.report(
+            group.at("rayStartParams", "object-store-memory"),
+            f"must be set: ddr_per_node ({ddr_bytes} bytes) plus headroom ({source})",
+        )
         return
     store = parse_quantity(params["object-store-memory"])
     if store < ddr_bytes:
-        use.report(group.at("rayStartParams", "object-store-memory"),
-                   f"{store} bytes is below ddr_per_node, {ddr_bytes} ({source})")
+        use.report(
+            group.at("rayStartParams", "object-store-memory"),
+            f"{store} bytes is below ddr_per_node, {ddr_bytes} ({source})",
+        )
     shm = group.mount_for("/dev/shm")
     empty_dir = (shm[1].get("emptyDir") or {}) if shm and shm[0] == "." else {}
     if empty_dir.get("medium") != "Memory" or "sizeLimit" not in empty_dir:
-        use.report(group.at("template", "spec", "volumes"), "mount an emptyDir {medium: Memory, sizeLimit} "
-                   "at /dev/shm, or the object store (the DDR tier) falls back to disk")
+        use.report(
+            group.at("template", "spec", "volumes"),
+            "mount an emptyDir {medium: Memory, sizeLimit} "
+            "at /dev/shm, or the object store (the DDR tier) falls back to disk",
+        )
     elif parse_quantity(empty_dir["sizeLimit"]) < store:
-        use.report(group.at("template", "spec", "volumes"),
-                   f"/dev/shm sizeLimit {empty_dir['sizeLimit']} is below object-store-memory, {store} bytes")
+        use.report(
+            group.at("template", "spec", "volumes"),
+            f"/dev/shm sizeLimit {empty_dir['sizeLimit']} is below object-store-memory, {store} bytes",
+        )
     memory = ((group.container.get("resources") or {}).get("limits") or {}).get("memory")
     if memory is None or parse_quantity(memory) <= store:
-        use.report(group.in_container("resources", "limits", "memory"),
-                   f"must exceed object-store-memory ({store} bytes): /dev/shm counts against it")
+        use.report(
+            group.in_container("resources", "limits", "memory"),
+            f"must exceed object-store-memory ({store} bytes): /dev/shm counts against it",
+        )
 
 
 def _check_ports(use: _ClusterUse, config: Any, source: str) -> None:
@@ -630,19 +745,28 @@ def _check_ports(use: _ClusterUse, config: Any, source: str) -> None:
     head = _Group([*use.base, "headGroupSpec"], use.spec.get("headGroupSpec") or {})
     ports = {p.get("containerPort"): p.get("name") for p in head.container.get("ports") or []}
     if ports.get(serve.http_port) != "serve":
-        use.report(head.in_container("ports"), f"needs containerPort {serve.http_port} named 'serve' "
-                   f"(serve.http_port; KubeRay's serve Service targets that name) ({source})")
+        use.report(
+            head.in_container("ports"),
+            f"needs containerPort {serve.http_port} named 'serve' "
+            f"(serve.http_port; KubeRay's serve Service targets that name) ({source})",
+        )
     if serve.grpc_port not in ports:
-        use.report(head.in_container("ports"), f"needs containerPort {serve.grpc_port}: serve.grpc_port "
-                   f"({source})")
+        use.report(
+            head.in_container("ports"), f"needs containerPort {serve.grpc_port}: serve.grpc_port ({source})"
+        )
     if serve.http_host != "0.0.0.0":
-        use.report(head.in_container("ports"), f"serve.http_host must be 0.0.0.0 in a pod, or no Service "
-                   f"reaches the proxies ({source})")
+        use.report(
+            head.in_container("ports"),
+            f"serve.http_host must be 0.0.0.0 in a pod, or no Service reaches the proxies ({source})",
+        )
     if use.serve is None:
         return
     base = ["spec", "serveConfigV2"]
-    expected = {("http_options", "host"): "0.0.0.0", ("http_options", "port"): serve.http_port,
-                ("grpc_options", "port"): serve.grpc_port}
+    expected = {
+        ("http_options", "host"): "0.0.0.0",
+        ("http_options", "port"): serve.http_port,
+        ("grpc_options", "port"): serve.grpc_port,
+    }
     for (section, key), want in expected.items():
         if (got := (use.serve.get(section) or {}).get(key)) != want:
             use.report([*base, section, key], f"is {got!r}, the cluster config says {want!r} ({source})")
@@ -650,15 +774,21 @@ def _check_ports(use: _ClusterUse, config: Any, source: str) -> None:
         use.report([*base, "grpc_options", "grpc_servicer_functions"], "empty: gRPC would serve nothing")
     for i, app in enumerate(use.serve.get("applications") or []):
         if (app.get("name"), app.get("route_prefix", "/")) != (serve.app_name, serve.route_prefix):
-            use.report([*base, "applications", i], f"name and route_prefix must be {serve.app_name!r} and "
-                       f"{serve.route_prefix!r}, as in the cluster config ({source})")
+            use.report(
+                [*base, "applications", i],
+                f"name and route_prefix must be {serve.app_name!r} and "
+                f"{serve.route_prefix!r}, as in the cluster config ({source})",
+            )
 
 
 def _cross_problems(docs: list[tuple[str, dict]]) -> list[Problem]:
     """Checks no single document can answer: config references, and pods against the config."""
     problems: list[Problem] = []
-    configmaps = {(doc.get("metadata") or {}).get("name"): (where, doc)
-                  for where, doc in docs if doc.get("kind") == "ConfigMap"}
+    configmaps = {
+        (doc.get("metadata") or {}).get("name"): (where, doc)
+        for where, doc in docs
+        if doc.get("kind") == "ConfigMap"
+    }
     for use in _cluster_uses(docs, problems):
         _check_policy(use)
         for file, named_at in use.configs:
@@ -687,10 +817,11 @@ def _load_docs(paths: list[Path]) -> tuple[list[tuple[str, dict]], list[Problem]
             where = f"{file}: {_describe(doc)}" if isinstance(doc, dict) else str(file)
             docs.append((where, doc))
             if isinstance(doc, dict) and doc.get("kind") == "Kustomization":
-                problems += [Problem(where, format_path(["resources", i]), f"{entry} does not exist")
-                             for i, entry in enumerate(doc.get("resources") or [])
-                             if isinstance(entry, str) and "://" not in entry
-                             and not (file.parent / entry).exists()]
+                problems += [
+                    Problem(where, format_path(["resources", i]), f"{entry} does not exist")
+                    for i, entry in enumerate(doc.get("resources") or [])
+                    if isinstance(entry, str) and "://" not in entry and not (file.parent / entry).exists()
+                ]
     return docs, problems
 
 
@@ -721,8 +852,12 @@ def validate_dir(path: str | Path = REPO_ROOT / "k8s") -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.manifests", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="*", default=[str(REPO_ROOT / "k8s")],
-                        help="manifest files or folders, checked together (default: k8s/)")
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        default=[str(REPO_ROOT / "k8s")],
+        help="manifest files or folders, checked together (default: k8s/)",
+    )
     args = parser.parse_args(argv)
     try:
         kinds = validate_paths(args.paths)

@@ -40,39 +40,84 @@ class ExpertRecipe(BaseModel):
 
 _GENERAL = "You are a knowledgeable general assistant. Answer clearly, correctly and concisely."
 DEMO_EXPERTS: list[ExpertRecipe] = [
-    ExpertRecipe(id="code", category="code", system_prompt="You are an expert software engineer. "
-                 "Write correct, idiomatic code and explain it briefly."),
-    ExpertRecipe(id="math", category="math", system_prompt="You are a careful mathematician. "
-                 "Solve problems step by step and state the final answer clearly."),
-    ExpertRecipe(id="medicine", category="medicine", system_prompt="You are a medical expert. Give "
-                 "accurate, evidence-based health information and advise seeing a doctor when needed."),
-    ExpertRecipe(id="law", category="law", system_prompt="You are a legal expert. Explain laws and "
-                 "legal concepts precisely; note that this is not legal advice."),
-    ExpertRecipe(id="finance", category="finance", system_prompt="You are a financial analyst. "
-                 "Explain finance, investing and accounting clearly and prudently."),
-    ExpertRecipe(id="science", category="science", system_prompt="You are a scientist. Explain "
-                 "physics, chemistry, biology and earth science accurately."),
-    ExpertRecipe(id="writing", category="writing", system_prompt="You are a skilled writer and "
-                 "editor. Write and revise text with clarity and style."),
+    ExpertRecipe(
+        id="code",
+        category="code",
+        system_prompt="You are an expert software engineer. "
+        "Write correct, idiomatic code and explain it briefly.",
+    ),
+    ExpertRecipe(
+        id="math",
+        category="math",
+        system_prompt="You are a careful mathematician. "
+        "Solve problems step by step and state the final answer clearly.",
+    ),
+    ExpertRecipe(
+        id="medicine",
+        category="medicine",
+        system_prompt="You are a medical expert. Give "
+        "accurate, evidence-based health information and advise seeing a doctor when needed.",
+    ),
+    ExpertRecipe(
+        id="law",
+        category="law",
+        system_prompt="You are a legal expert. Explain laws and "
+        "legal concepts precisely; note that this is not legal advice.",
+    ),
+    ExpertRecipe(
+        id="finance",
+        category="finance",
+        system_prompt="You are a financial analyst. "
+        "Explain finance, investing and accounting clearly and prudently.",
+    ),
+    ExpertRecipe(
+        id="science",
+        category="science",
+        system_prompt="You are a scientist. Explain "
+        "physics, chemistry, biology and earth science accurately.",
+    ),
+    ExpertRecipe(
+        id="writing",
+        category="writing",
+        system_prompt="You are a skilled writer and editor. Write and revise text with clarity and style.",
+    ),
     ExpertRecipe(id="generalist", category="general", system_prompt=_GENERAL),
     # Variants reachable by explicit model id: they make the catalog larger than the demo's HBM,
     # so the demo pages experts the way a real CoE does.
-    ExpertRecipe(id="code-review", category="code", system_prompt="You are a senior code reviewer. "
-                 "Point out bugs, risks and improvements."),
-    ExpertRecipe(id="math-tutor", category="math", system_prompt="You are a patient math tutor. "
-                 "Explain the idea behind each step for a student."),
-    ExpertRecipe(id="medicine-patient", category="medicine", system_prompt="You explain medical "
-                 "topics to patients in plain, reassuring language."),
-    ExpertRecipe(id="law-contracts", category="law", system_prompt="You are a contracts lawyer. "
-                 "Explain contract clauses and their risks."),
-    ExpertRecipe(id="finance-personal", category="finance", system_prompt="You are a personal finance "
-                 "coach. Give practical budgeting and saving guidance."),
-    ExpertRecipe(id="science-kids", category="science", system_prompt="You explain science to "
-                 "children with simple words and fun examples."),
-    ExpertRecipe(id="writing-poetry", category="writing", system_prompt="You are a poet. Write "
-                 "vivid, rhythmic verse."),
-    ExpertRecipe(id="generalist-concise", category="general", system_prompt="Answer in one short "
-                 "sentence."),
+    ExpertRecipe(
+        id="code-review",
+        category="code",
+        system_prompt="You are a senior code reviewer. Point out bugs, risks and improvements.",
+    ),
+    ExpertRecipe(
+        id="math-tutor",
+        category="math",
+        system_prompt="You are a patient math tutor. Explain the idea behind each step for a student.",
+    ),
+    ExpertRecipe(
+        id="medicine-patient",
+        category="medicine",
+        system_prompt="You explain medical topics to patients in plain, reassuring language.",
+    ),
+    ExpertRecipe(
+        id="law-contracts",
+        category="law",
+        system_prompt="You are a contracts lawyer. Explain contract clauses and their risks.",
+    ),
+    ExpertRecipe(
+        id="finance-personal",
+        category="finance",
+        system_prompt="You are a personal finance coach. Give practical budgeting and saving guidance.",
+    ),
+    ExpertRecipe(
+        id="science-kids",
+        category="science",
+        system_prompt="You explain science to children with simple words and fun examples.",
+    ),
+    ExpertRecipe(
+        id="writing-poetry", category="writing", system_prompt="You are a poet. Write vivid, rhythmic verse."
+    ),
+    ExpertRecipe(id="generalist-concise", category="general", system_prompt="Answer in one short sentence."),
 ]
 
 
@@ -91,8 +136,12 @@ def gguf_path() -> Path:
 
 def _source_stamp(source: Path) -> dict:
     stat = source.stat()
-    return {"format": ZOO_FORMAT, "source": str(source), "source_bytes": stat.st_size,
-            "source_mtime_ns": stat.st_mtime_ns}
+    return {
+        "format": ZOO_FORMAT,
+        "source": str(source),
+        "source_bytes": stat.st_size,
+        "source_mtime_ns": stat.st_mtime_ns,
+    }
 
 
 def _up_to_date(directory: Path, stamp: dict) -> bool:
@@ -132,15 +181,18 @@ def convert_base(root: Path) -> Path:
 
     with tqdm(total=3, desc=f"converting {source.name} to bf16 safetensors", unit="step") as bar:
         # float32 is the dtype the GGUF loader dequantises to; cast to bf16 after.
-        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.parent, gguf_file=source.name, dtype=torch.float32
+        )
         bar.update()
         # The GGUF-loaded model is flagged as quantised and refuses save_pretrained; its tensors
         # are plain dequantised floats, so save them ourselves (tied lm_head stored once).
         tied = model.config.tie_word_embeddings
-        state_dict = {name: tensor.to(torch.bfloat16).contiguous()
-                      for name, tensor in model.state_dict().items()
-                      if not (tied and name == "lm_head.weight")}
+        state_dict = {
+            name: tensor.to(torch.bfloat16).contiguous()
+            for name, tensor in model.state_dict().items()
+            if not (tied and name == "lm_head.weight")
+        }
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -164,8 +216,17 @@ def convert_base(root: Path) -> Path:
     return out
 
 
-def write_expert_dir(out: Path, state_dict: dict, model_config, tokenizer_from: Path, *, expert_id: str,
-                     category: str, system_prompt: str, stamp: dict) -> None:
+def write_expert_dir(
+    out: Path,
+    state_dict: dict,
+    model_config,
+    tokenizer_from: Path,
+    *,
+    expert_id: str,
+    category: str,
+    system_prompt: str,
+    stamp: dict,
+) -> None:
     """Write one expert checkpoint: weights with the system prompt in their metadata, config,
     tokenizer, and a `coe_expert.json` card. Written to a temp dir and renamed, so a crash never
     leaves a half-written expert that looks up to date."""
@@ -174,8 +235,12 @@ def write_expert_dir(out: Path, state_dict: dict, model_config, tokenizer_from: 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    metadata = {"format": "pt", "coe.expert": expert_id, "coe.category": category,
-                "coe.system_prompt": system_prompt}
+    metadata = {
+        "format": "pt",
+        "coe.expert": expert_id,
+        "coe.category": category,
+        "coe.system_prompt": system_prompt,
+    }
     save_file(state_dict, str(tmp / "model.safetensors"), metadata=metadata)
     model_config.save_pretrained(tmp)
     for file in tokenizer_from.iterdir():
@@ -206,9 +271,16 @@ def build_demo(root: Path, experts: list[ExpertRecipe] = DEMO_EXPERTS) -> list[P
         state_dict = load_file(str(base / "model.safetensors"))
         model_config = AutoConfig.from_pretrained(base)
         for recipe, stamp in tqdm(todo, desc="writing demo experts", unit="expert"):
-            write_expert_dir(root / "experts" / recipe.id, state_dict, model_config, base,
-                             expert_id=recipe.id, category=recipe.category,
-                             system_prompt=recipe.system_prompt, stamp=stamp)
+            write_expert_dir(
+                root / "experts" / recipe.id,
+                state_dict,
+                model_config,
+                base,
+                expert_id=recipe.id,
+                category=recipe.category,
+                system_prompt=recipe.system_prompt,
+                stamp=stamp,
+            )
     return [root / "experts" / recipe.id for recipe in experts]
 
 
@@ -216,9 +288,19 @@ def tiny_model_config(index: int, vocab_size: int):
     """Alternate Llama and Qwen2 so both architectures are exercised; a few MB each in bf16."""
     from transformers import LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  tie_word_embeddings=True, dtype="bfloat16", bos_token_id=1, eos_token_id=2)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        dtype="bfloat16",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaConfig(**common) if index % 2 == 0 else Qwen2Config(**common)
 
 
@@ -243,16 +325,29 @@ def build_tiny(root: Path, count: int) -> list[Path]:
         torch.manual_seed(1000 + index)
         model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
         state_dict = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        write_expert_dir(out, state_dict, config, tokenizer, expert_id=expert_id, category="tiny",
-                         system_prompt=f"You are tiny test expert {index}.", stamp=stamp)
+        write_expert_dir(
+            out,
+            state_dict,
+            config,
+            tokenizer,
+            expert_id=expert_id,
+            category="tiny",
+            system_prompt=f"You are tiny test expert {index}.",
+            stamp=stamp,
+        )
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coe zoo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="zoo root (default $COE_ZOO_DIR or ./zoo)")
-    parser.add_argument("--tiny", type=int, default=None, metavar="N",
-                        help="write N tiny random-weight experts instead of the demo zoo")
+    parser.add_argument(
+        "--tiny",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write N tiny random-weight experts instead of the demo zoo",
+    )
     args = parser.parse_args(argv)
     root = (args.out or zoo_dir()).resolve()
     root.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -128,8 +129,10 @@ class DDRStore:
     def _read_and_put(self, expert: str) -> ray.ObjectRef:
         checkpoint = self.checkpoints[expert]
         weights = read_weights(checkpoint)
+        # Plain ndarrays, not np.memmap views: Ray stores those out of band and hands sockets on this
+        # node zero-copy views; a memmap subclass would be pickled and copied on every ray.get.
         payload = {
-            "arrays": weights.arrays,
+            "arrays": {name: np.asarray(array) for name, array in weights.arrays.items()},
             "dtypes": weights.torch_dtypes,
             "config": _config_dict(checkpoint),
         }

@@ -164,13 +164,17 @@ class ResidencyDirectory:
         """Record a lease chosen by placement: pin the expert on its socket (and DDR while it
         pages in). Returns the HBM victims evicted to make room, LRU first."""
         socket = self.sockets[lease.socket_id]
+        ddr = self.node(lease.node_id).ddr
+        # Check both tiers before changing either, so a refusal leaves no orphan pin behind.
+        socket.hbm.plan_insert(lease.expert, lease.size_bytes)
+        if lease.tier != "hbm" and lease.expert not in ddr:
+            ddr.plan_insert(lease.expert, lease.size_bytes)
         self.clock += 1
         socket.last_used = self.clock
         victims = socket.hbm.insert(lease.expert, lease.size_bytes, pin=True)
         socket.hbm.touch(lease.expert)
         socket.leases.add(lease.lease_id)
         if lease.tier != "hbm":
-            ddr = self.node(lease.node_id).ddr
             if lease.expert not in ddr:
                 ddr.insert(lease.expert, lease.size_bytes)
             ddr.touch(lease.expert)

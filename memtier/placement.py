@@ -26,14 +26,17 @@ class NeverPlaceable(Exception):
     """No registered socket can ever hold the expert (or none is registered)."""
 
 
-def _fits_now(socket: SocketEntry, expert: str, size_bytes: int) -> bool:
+def _fits_now(directory: ResidencyDirectory, socket: SocketEntry, expert: str, size_bytes: int) -> bool:
+    """The socket can take the expert now: HBM room beside its pins and, for a page-in, room in
+    its node's DDR beside the experts pinned there (the weights pass through DDR)."""
     if expert in socket.hbm:
         return True
     try:
         socket.hbm.plan_insert(expert, size_bytes)
-    except AllPinnedError:
-        return False
-    except NeverFitsError:
+        ddr = directory.node(socket.node_id).ddr
+        if expert not in ddr:
+            ddr.plan_insert(expert, size_bytes)
+    except (AllPinnedError, NeverFitsError):
         return False
     return True
 
@@ -57,7 +60,7 @@ def choose_socket(
             f"expert {expert!r} ({size_bytes} bytes) is larger than every socket's HBM "
             f"(largest {max(s.hbm.capacity_bytes for s in sockets)} bytes)"
         )
-    candidates = [s for s in sockets if _fits_now(s, expert, size_bytes)]
+    candidates = [s for s in sockets if _fits_now(directory, s, expert, size_bytes)]
     if not candidates:
         raise NoCapacityNow(f"every socket that could hold {expert!r} is busy with pinned experts")
 

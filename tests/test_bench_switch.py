@@ -61,12 +61,6 @@ def test_one_run_reports_every_tier_and_ddr_beats_a_cold_store_load(local_ray, t
     assert "pytest" in markdown and "| store_cold |" in markdown
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="BUG: DDRStore ray.puts np.memmap views (an ndarray subclass, pickled in band), so a "
-    "socket's ray.get unpickles a private copy instead of mapping the object store",
-)
 def test_a_ddr_hit_maps_the_object_store_zero_copy(local_ray, tiny_expert):
     store = DDRStore.remote(
         "zero-copy", ray.get_runtime_context().get_node_id(), 64 * 2**20, {tiny_expert.name: str(tiny_expert)}

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memtier.directory import ResidencyDirectory, UnknownExpertError
-from memtier.lru import AllPinnedError, ByteBudgetLRU
+from memtier.lru import ByteBudgetLRU
 from memtier.models import ActivationReport, Lease, SocketInfo, Tier
 from memtier.pager import MemTierCore
 from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
@@ -403,13 +403,7 @@ def test_drop_socket_voids_its_leases_and_unpins_ddr() -> None:
     assert chosen(d, "a") == ("s1", "hbm")
 
 
-# --------------------------------------------------------------------------- known bug
-@pytest.mark.xfail(
-    raises=AllPinnedError,
-    strict=True,
-    reason="BUG: placement ignores the target node's DDR budget; grant pins HBM, then DDR insert "
-    "raises AllPinnedError and leaves an orphan pin and lease on the socket",
-)
+# --------------------------------------------------------------------------- DDR budget at placement
 def test_a_page_in_through_a_full_pinned_ddr_waits_and_leaves_no_orphan_pin() -> None:
     # One node whose DDR holds two experts, three sockets. Two store page-ins pin all of DDR.
     experts = {"a": MB, "b": MB, "c": MB}
