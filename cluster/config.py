@@ -104,6 +104,12 @@ class LimitsConfig(_Strict):
     max_body_bytes: ByteSize = Field("1MiB", description="Larger HTTP bodies are refused before parsing.")
     max_messages: int = Field(256, ge=1, description="Chat turns per request.")
     request_timeout_s: float = Field(120.0, gt=0, description="Ingress gives up on a socket after this.")
+    place_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a request waits for a socket with room (all HBM pinned) before a 503 / "
+        "UNAVAILABLE: long enough to ride out a burst, short enough that clients can back off.",
+    )
 
 
 class ServeConfig(_Strict):

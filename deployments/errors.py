@@ -7,6 +7,7 @@ codes in one place). Anything else is logged and becomes a plain 500 / INTERNAL.
 from __future__ import annotations
 
 import grpc
+from pydantic import ValidationError
 
 
 class CoEError(Exception):
@@ -82,3 +83,10 @@ def error_body(err: CoEError) -> dict:
 
 def internal_error(err: BaseException) -> CoEError:
     return CoEError(f"internal error: {type(err).__name__}", code="internal_error")
+
+
+def schema_error(err: ValidationError) -> InvalidRequest:
+    """The first schema violation, naming the field as OpenAI does (`param`: "messages.0.role")."""
+    first = err.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param)

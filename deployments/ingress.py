@@ -5,7 +5,6 @@ GET /v1/models, POST /v1/route, GET /v1/memtier, GET /healthz. `model: "coe"` is
 router; an expert id bypasses it. Every answer carries a `coe` object and `x-coe-*` headers.
 """
 
-
 import json
 import logging
 import time
@@ -18,7 +17,14 @@ from pydantic import ValidationError
 from ray import serve
 
 from cluster.config import ClusterConfig
-from deployments.errors import CoEError, InvalidRequest, LimitExceeded, error_body, internal_error
+from deployments.errors import (
+    CoEError,
+    InvalidRequest,
+    LimitExceeded,
+    error_body,
+    internal_error,
+    schema_error,
+)
 from deployments.grpc_servicer import GrpcServicerMixin
 from deployments.openai_models import (
     ChatCompletionRequest,
@@ -28,7 +34,6 @@ from deployments.openai_models import (
     Usage,
 )
 from deployments.service import COE_MODEL, CoEService, Prepared
-from deployments.wire import GenerationRequest
 
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="CoE Serve", description="Composition-of-Experts serving with three-tier expert paging")
@@ -37,12 +42,6 @@ app = FastAPI(title="CoE Serve", description="Composition-of-Experts serving wit
 def _error_response(err: CoEError) -> JSONResponse:
     headers = {"retry-after": str(max(1, round(err.retry_after_s)))} if err.retry_after_s else None
     return JSONResponse(error_body(err), status_code=err.status, headers=headers)
-
-
-def _schema_error(err: ValidationError) -> InvalidRequest:
-    first = err.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    return InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param)
 
 
 def _coe_headers(info: CoEInfo) -> dict[str, str]:
@@ -86,23 +85,8 @@ class CoERouter(GrpcServicerMixin):
             try:
                 body = (ChatCompletionRequest if kind == "chat" else CompletionRequest).model_validate(data)
             except ValidationError as err:
-                raise _schema_error(err) from None
-            generation = GenerationRequest(
-                model=body.model,
-                messages=[
-                    {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages
-                ]
-                if kind == "chat"
-                else None,
-                prompt=body.prompt if kind == "text" else None,
-                max_tokens=body.token_limit(),
-                temperature=body.temperature,
-                top_p=body.top_p,
-                stop=body.stop_list(),
-                seed=body.seed,
-                stream=body.stream,
-            )
+                raise schema_error(err) from None
+            generation = body.to_generation()
             prepared = await self.service.prepare(generation)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             if body.stream:
@@ -258,7 +242,7 @@ class CoERouter(GrpcServicerMixin):
             try:
                 body = RouteRequest.model_validate(data)
             except ValidationError as err:
-                raise _schema_error(err) from None
+                raise schema_error(err) from None
             if (body.messages is None) == (body.prompt is None):
                 raise InvalidRequest("send exactly one of `messages` or `prompt`", param="messages")
             target = (

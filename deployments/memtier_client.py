@@ -21,5 +21,5 @@ def ensure_memtier(config: ClusterConfig):
             config.topology.ddr_per_node,
             saturation=config.serve.max_ongoing_requests,
             lease_ttl_s=config.limits.request_timeout_s * 2,
-            place_timeout_s=config.limits.request_timeout_s,
+            place_timeout_s=min(config.limits.place_timeout_s, config.limits.request_timeout_s),
         )

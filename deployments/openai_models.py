@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from deployments.wire import GenerationRequest
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -60,13 +62,36 @@ class _SamplingFields(_Lenient):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def _generation(self, **inputs) -> GenerationRequest:
+        return GenerationRequest(
+            model=self.model,
+            max_tokens=self.token_limit(),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop_list(),
+            seed=self.seed,
+            stream=self.stream,
+            **inputs,
+        )
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
 
+    def to_generation(self) -> GenerationRequest:
+        """The transport-independent request; `developer` turns are system turns to the templates."""
+        turns = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in self.messages
+        ]
+        return self._generation(messages=turns)
+
 
 class CompletionRequest(_SamplingFields):
     prompt: str = Field(min_length=1)
+
+    def to_generation(self) -> GenerationRequest:
+        return self._generation(prompt=self.prompt)
 
 
 class RouteRequest(_Lenient):

@@ -113,8 +113,8 @@ class CoEService:
             prepared.routed, prepared.fallback, prepared.entropy = True, decision.fallback, decision.entropy
         elif request.model not in self.expert_ids:
             raise ModelNotFound(
-                f"model {request.model!r} does not exist; GET /v1/models lists "
-                f"'{COE_MODEL}' and {len(self.expert_ids)} experts",
+                f"model {request.model!r} does not exist; the model list (GET /v1/models, gRPC ListExperts) "
+                f"has '{COE_MODEL}' and {len(self.expert_ids)} experts",
                 param="model",
             )
         prepared.input_ids = await asyncio.to_thread(self._tokenize, prepared)

@@ -1,0 +1,311 @@
+"""The gRPC API (coe.v1.CoE) on a 2-node cluster with tiny experts, through Serve's gRPC proxy.
+
+The module's config is tiny.yaml with two limits changed so the hard cases are real, not mocked:
+`max_tokens` 480 makes a generation last seconds (cancellation and deadlines land mid-stream),
+and `request_timeout_s` 10 bounds MemTier's placement wait, so a saturated cluster answers
+UNAVAILABLE in 10 s instead of 120.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import ray
+
+from deployments import errors
+from deployments.grpc_client import CoEClient, generate_request
+from deployments.grpc_servicer import grpc_abort
+from deployments.grpc_stubs import coe_pb2
+from memtier.pager import get_memtier
+from tests.serving_rig import ServingRig
+
+pytestmark = pytest.mark.integration
+
+LONG_TOKENS = 480  # ~5 ms a token on a warm tiny expert: a few seconds of streaming
+PLACE_TIMEOUT_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def grpc_config(tiny_config):
+    limits = tiny_config.limits.model_copy(
+        update={"max_tokens": LONG_TOKENS, "request_timeout_s": PLACE_TIMEOUT_S}
+    )
+    return tiny_config.model_copy(update={"limits": limits})
+
+
+@pytest.fixture(scope="module")
+def rig(grpc_config, router_artifact):
+    rig = ServingRig(grpc_config)
+    yield rig
+    rig.close()
+
+
+@pytest.fixture(scope="module")
+def client(rig):
+    with CoEClient(rig.grpc_target, app=rig.config.serve.app_name, timeout_s=60) as client:
+        yield client
+
+
+def _leases(client: CoEClient) -> tuple[int, int]:
+    """(leases, pinned bytes) summed over every socket, as MemtierStatus reports them."""
+    sockets = [s for node in client.memtier().nodes for s in node.sockets]
+    return sum(s.leases for s in sockets), sum(s.pinned_bytes for s in sockets)
+
+
+def _wait_unpinned(client: CoEClient, timeout_s: float = 5.0) -> float:
+    """Seconds until no socket holds a lease; fails after `timeout_s`."""
+    start = time.monotonic()
+    while _leases(client) != (0, 0):
+        assert time.monotonic() - start < timeout_s, f"leases still held: {_leases(client)}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+# ---------------------------------------------------------------------------------------------- calls
+def test_generate_with_an_explicit_expert(client):
+    reply = client.generate("hello there", model="tiny-03", max_tokens=5, seed=1, temperature=0.7)
+    assert reply.finish_reason in {"stop", "length"} and reply.text
+    assert reply.usage.completion_tokens >= 1 and reply.usage.prompt_tokens > 5
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    coe = reply.coe
+    assert (coe.expert, coe.routed, coe.HasField("category")) == ("tiny-03", False, False)
+    assert coe.tier in {"store", "ddr", "hbm"} and coe.socket and coe.node
+
+
+def test_grpc_and_http_share_the_request_path(rig, client):
+    """Same seed over both front doors, same text: one implementation behind them."""
+    reply = client.generate("repeat after me", model="tiny-04", max_tokens=6, seed=7, temperature=1.0)
+    body = httpx.post(
+        f"{rig.base_url}/v1/chat/completions",
+        json={
+            "model": "tiny-04",
+            "messages": [{"role": "user", "content": "repeat after me"}],
+            "max_tokens": 6,
+            "seed": 7,
+            "temperature": 1.0,
+        },
+        timeout=60,
+    ).json()
+    assert body["choices"][0]["message"]["content"] == reply.text
+    assert body["coe"]["expert"] == reply.coe.expert == "tiny-04"
+
+
+def test_raw_prompt_skips_the_chat_template(client):
+    chat = client.generate("Once upon a time", model="tiny-02", max_tokens=2)
+    raw = client.generate("Once upon a time", model="tiny-02", max_tokens=2, raw=True)
+    assert raw.usage.prompt_tokens < chat.usage.prompt_tokens
+
+
+def test_coe_routes_a_math_prompt_to_the_math_expert(client):
+    reply = client.generate(
+        "Solve the integral of x^2 dx from 0 to 3 and simplify the fraction.", max_tokens=3
+    )
+    coe = reply.coe
+    assert (coe.category, coe.expert, coe.routed) == ("math", "tiny-01", True)
+    assert coe.HasField("entropy")
+
+
+def test_stream_sends_chunks_before_the_end(client):
+    client.generate("warm up", model="tiny-05", max_tokens=1)  # load it: time generation, not paging
+    arrivals: list[float] = []
+    chunks: list[coe_pb2.GenerateChunk] = []
+    for chunk in client.stream("stream please", model="tiny-05", max_tokens=64, temperature=0.0):
+        arrivals.append(time.monotonic())
+        chunks.append(chunk)
+    assert len(chunks) > 2 and chunks[-1].finish_reason in {"stop", "length"}
+    assert not any(c.finish_reason for c in chunks[:-1])
+    assert arrivals[-1] - arrivals[0] > 0.05  # the first token was out long before the last
+    assert chunks[0].coe.expert == "tiny-05" and not chunks[1].HasField("coe")
+    assert len(chunks) <= chunks[-1].usage.completion_tokens  # one chunk per token that printed text
+    text = "".join(c.text for c in chunks)
+    assert text == client.generate("stream please", model="tiny-05", max_tokens=64, temperature=0.0).text
+
+
+def test_route_returns_the_decision_only(client):
+    decision = client.route("What are the symptoms of flu?")
+    assert (decision.category, decision.expert) == ("medicine", "tiny-02")
+    assert abs(sum(decision.probabilities.values()) - 1) < 1e-4 and decision.entropy >= 0
+
+
+def test_list_experts_names_every_expert_and_its_categories(client, grpc_config):
+    reply = client.experts()
+    assert reply.routed_model == "coe"
+    assert [e.id for e in reply.experts] == grpc_config.expert_ids
+    by_id = {e.id: e for e in reply.experts}
+    assert list(by_id["tiny-01"].categories) == ["math"] and by_id["tiny-01"].size_bytes > 0
+    assert by_id["tiny-07"].fallback and not by_id["tiny-01"].fallback
+
+
+def test_memtier_status_shows_residency_budgets_and_hit_rates(client, grpc_config):
+    status = client.memtier()
+    assert len(status.nodes) == 2 and sum(len(n.sockets) for n in status.nodes) == 4
+    for node in status.nodes:
+        assert node.used_bytes <= node.ddr_bytes
+        for socket in node.sockets:
+            assert socket.used_bytes <= socket.hbm_bytes == grpc_config.topology.hbm_per_socket
+    full = json.loads(status.status_json)
+    assert full["stats"]["hbm_hit_rate"] == pytest.approx(status.hbm_hit_rate)
+    assert status.leases_granted >= 1 and 0 <= status.hbm_hit_rate <= 1
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"max_tokens": LONG_TOKENS + 1}, str(LONG_TOKENS)),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": 9.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
+def test_out_of_range_fields_are_invalid_argument(client, options, param):
+    code, details = _code(lambda: client.generate("hi", model="tiny-00", **options))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and param in details
+
+
+def test_malformed_messages_are_invalid_argument(client):
+    stub, metadata = client.stub, client.metadata
+    bad_role = coe_pb2.GenerateRequest(
+        model="tiny-00", messages=[coe_pb2.Message(role="wizard", content="x")]
+    )
+    both = generate_request("x", model="tiny-00")
+    both.prompt = "y"
+    for request, needle in [
+        (coe_pb2.GenerateRequest(model="tiny-00"), "messages"),  # neither messages nor prompt
+        (both, "exactly one"),
+        (bad_role, "messages.0.role"),
+        (generate_request("x", model=""), "model"),
+    ]:
+        code, details = _code(lambda r=request: stub.Generate(r, metadata=metadata, timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and needle in details
+
+
+def test_unknown_expert_is_not_found_unary_and_streaming(client):
+    code, details = _code(lambda: client.generate("hi", model="no-such-expert"))
+    assert code == grpc.StatusCode.NOT_FOUND and "no-such-expert" in details
+    code, _ = _code(lambda: list(client.stream("hi", model="no-such-expert")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_client_deadline_is_deadline_exceeded_and_frees_the_lease(rig, client):
+    with CoEClient(rig.grpc_target, timeout_s=0.5) as hasty:
+        code, _ = _code(
+            lambda: hasty.generate("go on", model="tiny-06", max_tokens=LONG_TOKENS, temperature=0.0)
+        )
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_unpinned(client)  # the server-side call was cancelled, not left to run out
+
+
+def test_cancelling_a_stream_mid_way_releases_the_lease(client):
+    client.generate("warm up", model="tiny-09", max_tokens=1)
+    stream = client.stream("keep talking", model="tiny-09", max_tokens=LONG_TOKENS, temperature=0.0)
+    arrivals = [time.monotonic() for _, _ in zip(range(20), stream, strict=False)]
+    leases, pinned = _leases(client)
+    assert leases == 1 and pinned > 0, "the running stream holds its expert pinned"
+    stream.cancel()
+    released_s = _wait_unpinned(client)
+    # Running to the end would have taken the remaining tokens at the observed pace.
+    per_token_s = (arrivals[-1] - arrivals[1]) / (len(arrivals) - 2)  # after the first: no activation
+    assert released_s < 0.5 * (LONG_TOKENS - len(arrivals)) * per_token_s
+    assert client.generate("still serving?", model="tiny-09", max_tokens=2).text
+
+
+def test_saturated_cluster_is_unavailable(rig, client, grpc_config):
+    """Every HBM slot pinned by a running request (here: leases taken straight from MemTier)."""
+    memtier = get_memtier(grpc_config.name)
+    holders = [f"tiny-{i:02d}" for i in range(8, 16)]  # 4 sockets x 2 tiny experts: every slot
+    leases = ray.get([memtier.place.remote(expert) for expert in holders])
+    try:
+        assert _leases(client)[0] == len(holders)
+        start = time.monotonic()
+        code, details = _code(lambda: client.generate("hi", model="tiny-00", max_tokens=2))
+        assert code == grpc.StatusCode.UNAVAILABLE and "tiny-00" in details
+        assert time.monotonic() - start >= PLACE_TIMEOUT_S * 0.9
+    finally:
+        ray.get([memtier.release.remote(lease.lease_id) for lease in leases])
+    _wait_unpinned(client)
+    assert client.generate("capacity is back", model="tiny-00", max_tokens=2).text
+
+
+class _Context:
+    """Stands in for RayServegRPCContext: records what the mapper sets."""
+
+    code = details = None
+
+    def set_code(self, code) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (errors.InvalidRequest("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.LimitExceeded("too many"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.ModelNotFound("who?"), grpc.StatusCode.NOT_FOUND),
+        (errors.NoCapacity("full"), grpc.StatusCode.UNAVAILABLE),
+        (errors.SocketFailed("died"), grpc.StatusCode.UNAVAILABLE),
+        (errors.DeadlineExceeded("slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (KeyError("secret internals"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_grpc_abort_maps_every_error_class(error, expected):
+    context = _Context()
+    with pytest.raises(errors.CoEError):
+        grpc_abort(context, error)
+    assert context.code == expected
+    assert "secret" not in context.details  # unexpected errors do not leak their message
+
+
+# ---------------------------------------------------------------------------------------------- proto only
+PROTO_ONLY_CLIENT = """
+import sys
+from grpc_tools import protoc
+
+assert protoc.main(["protoc", "-I.", "--python_out=.", "--grpc_python_out=.", "coe.proto"]) == 0
+import grpc
+import coe_pb2, coe_pb2_grpc
+
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    stub = coe_pb2_grpc.CoEStub(channel)
+    request = coe_pb2.GenerateRequest(model="coe", max_tokens=3)
+    request.messages.add(role="user", content="What are the symptoms of flu?")
+    reply = stub.Generate(request, metadata=[("application", sys.argv[2])], timeout=60)
+    experts = stub.ListExperts(coe_pb2.ListExpertsRequest(), metadata=[("application", sys.argv[2])])
+assert "deployments" not in sys.modules
+print(reply.coe.expert, reply.usage.completion_tokens, len(experts.experts))
+"""
+
+
+def test_a_client_built_from_the_proto_alone_works(rig, tmp_path: Path):
+    (tmp_path / "coe.proto").write_bytes(
+        (Path(__file__).parents[1] / "deployments" / "coe.proto").read_bytes()
+    )
+    (tmp_path / "client.py").write_text(textwrap.dedent(PROTO_ONLY_CLIENT))
+    done = subprocess.run(
+        [sys.executable, "client.py", rig.grpc_target, rig.config.serve.app_name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    expert, tokens, count = done.stdout.split()
+    assert (expert, int(count)) == ("tiny-02", 16) and int(tokens) >= 1
