@@ -34,6 +34,7 @@ def start_local_ray(config: ClusterConfig) -> None:
     store_bytes = object_store_bytes(config)
     print(f"starting local Ray: {topo.sockets_per_node} sockets, object store {format_size(store_bytes)}")
     ray.init(
+        address="local",  # always a fresh cluster, never one that happens to run on this machine
         num_cpus=max(os.cpu_count() or 1, int(topo.cpus_per_socket * topo.sockets_per_node + 0.999)),
         num_gpus=topo.sockets_per_node if topo.device == "cuda" else 0,
         resources=resources,
