@@ -1,0 +1,118 @@
+"""The trained router on disk: `head.safetensors` (weights) + `router.json` (everything else).
+
+Kept to two small files in the ignored zoo folder: the project never commits weights, and the
+JSON stays readable so an operator can check tau, the map and the training report at a glance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from safetensors.torch import load_file, save_file
+
+from router.classifier import CategoryHead, HeadConfig
+from router.metrics import ClassificationReport
+from router.threshold import ThresholdPoint
+
+HEAD_FILE = "head.safetensors"
+CONFIG_FILE = "router.json"
+REPORT_FILE = "report.json"
+ARTIFACT_VERSION = 1
+
+
+class TrainingReport(BaseModel):
+    """What `python -m router.train` measured; stored so a deployed router explains itself."""
+
+    train_count: int
+    heldout_count: int
+    ood_count: int
+    cross_validation_accuracy: float = Field(
+        description="5-fold accuracy on the train split: a second estimate that the held-out split, "
+        "also used to pick tau, did not tune."
+    )
+    heldout: ClassificationReport
+    max_fallback_rate: float = Field(description="Held-out fallback budget tau was chosen for.")
+    heldout_fallback_rate: float = Field(description="Held-out share that falls back at the chosen tau.")
+    ood_fallback_rate: float = Field(description="ood.jsonl share that falls back at the chosen tau.")
+    ood_fallback_rate_by_label: dict[str, float] = Field(
+        default_factory=dict, description='The same per ood.jsonl label ("mixed", "out_of_domain").'
+    )
+    tradeoff: list[ThresholdPoint]
+
+
+class RouterArtifact(BaseModel):
+    """Contents of router.json."""
+
+    version: int = Field(default=ARTIFACT_VERSION, description="Bumped when the layout changes.")
+    categories: list[str] = Field(description="Head output order.")
+    encoder: str = Field(
+        default="default",
+        description='"default" = the bundled all-MiniLM-L6-v2; otherwise a path to a transformers model dir.',
+    )
+    head: HeadConfig
+    entropy_threshold: float = Field(ge=0.0, description="tau in nats; entropy > tau falls back.")
+    category_map: dict[str, str] = Field(description="Expert per category.")
+    fallback_expert: str = Field(min_length=1, description="Expert for uncertain prompts (a generalist).")
+    report: TrainingReport | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouterArtifact:
+        check_category_map(self.category_map, self.categories)
+        if self.head.num_categories != len(self.categories):
+            raise ValueError(
+                f"head has {self.head.num_categories} outputs but {len(self.categories)} categories"
+            )
+        return self
+
+
+def check_category_map(category_map: dict[str, str], categories: list[str]) -> None:
+    """Every category maps to a non-empty expert name, and no unknown category appears."""
+    missing = [c for c in categories if c not in category_map]
+    unknown = sorted(set(category_map) - set(categories))
+    if missing or unknown:
+        raise ValueError(
+            f"category map must name an expert for exactly the categories {categories}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    empty = [c for c, e in category_map.items() if not isinstance(e, str) or not e.strip()]
+    if empty:
+        raise ValueError(f"category map gives no expert name for {empty}")
+
+
+def save_artifact(directory: Path, artifact: RouterArtifact, head: CategoryHead) -> None:
+    """Write head.safetensors, router.json and (if trained here) report.json into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, directory / HEAD_FILE)
+    (directory / CONFIG_FILE).write_text(artifact.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    if artifact.report is not None:
+        (directory / REPORT_FILE).write_text(
+            artifact.report.model_dump_json(indent=2) + "\n", encoding="utf-8"
+        )
+    # safetensors writes 0600; Ray workers running as another user on a shared zoo must read it.
+    (directory / HEAD_FILE).chmod(0o644)
+
+
+def artifact_exists(directory: Path) -> bool:
+    return (directory / CONFIG_FILE).is_file() and (directory / HEAD_FILE).is_file()
+
+
+def load_artifact(directory: Path) -> tuple[RouterArtifact, CategoryHead]:
+    """Read and check an artifact; errors name the folder and how to rebuild it."""
+    if not artifact_exists(directory):
+        raise FileNotFoundError(
+            f"no router artifact in {directory} (needs {CONFIG_FILE} and {HEAD_FILE}); "
+            f"build one with `python -m router.train --out {directory}`"
+        )
+    artifact = RouterArtifact.model_validate(
+        json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    )
+    if artifact.version != ARTIFACT_VERSION:
+        raise ValueError(
+            f"{directory / CONFIG_FILE} has version {artifact.version}, this code reads {ARTIFACT_VERSION}; "
+            "retrain with `python -m router.train`"
+        )
+    head = CategoryHead(artifact.head)
+    head.load_state_dict(load_file(directory / HEAD_FILE))
+    return artifact, head.eval()

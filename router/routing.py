@@ -1,0 +1,185 @@
+"""The router: prompt -> category (classifier) -> expert (category map), with entropy fallback.
+
+`load_router()` is the one entry point the serving layer needs. It reads the trained artifact,
+optionally replacing its category map, fallback expert or tau per cluster (a test cluster maps
+categories to tiny experts), and shares one encoder per process between routers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from cluster.paths import router_dir
+from router.artifact import RouterArtifact, artifact_exists, check_category_map, load_artifact, save_artifact
+from router.classifier import CategoryHead, entropy_nats
+from router.decision import RouteDecision
+from router.embedding import Encoder, get_encoder
+from router.errors import InvalidPromptError
+from router.prompt import Prompt, prompt_text
+
+logger = logging.getLogger(__name__)
+
+
+class Router:
+    """Routes prompts to experts. Thread-safe: `route` only reads shared state."""
+
+    def __init__(
+        self,
+        artifact: RouterArtifact,
+        head: CategoryHead,
+        encoder: Encoder,
+        *,
+        category_map: Mapping[str, str] | None = None,
+        fallback_expert: str | None = None,
+        entropy_threshold: float | None = None,
+    ):
+        if encoder.dim != artifact.head.embedding_dim:
+            raise ValueError(
+                f"encoder {encoder.path} gives {encoder.dim}-d embeddings but the head expects "
+                f"{artifact.head.embedding_dim}; retrain with "
+                f"`python -m router.train --encoder {encoder.name}`"
+            )
+        self._categories = tuple(artifact.categories)
+        self._category_map = dict(category_map if category_map is not None else artifact.category_map)
+        check_category_map(self._category_map, list(self._categories))
+        self._fallback_expert = artifact.fallback_expert if fallback_expert is None else fallback_expert
+        if not isinstance(self._fallback_expert, str) or not self._fallback_expert.strip():
+            raise ValueError(
+                f"fallback_expert must be a non-empty expert name; got {self._fallback_expert!r}"
+            )
+        tau = artifact.entropy_threshold if entropy_threshold is None else entropy_threshold
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not tau >= 0:
+            raise ValueError(f"entropy_threshold must be a number >= 0 (nats); got {tau!r}")
+        self._entropy_threshold = float(tau)
+        self._head = head.eval()
+        self._encoder = encoder
+        self.artifact = artifact
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self._categories
+
+    @property
+    def experts(self) -> frozenset[str]:
+        """Every expert `route` can return: the map's experts and the fallback expert."""
+        return frozenset(self._category_map.values()) | {self._fallback_expert}
+
+    @property
+    def category_map(self) -> dict[str, str]:
+        return dict(self._category_map)
+
+    @property
+    def fallback_expert(self) -> str:
+        return self._fallback_expert
+
+    @property
+    def entropy_threshold(self) -> float:
+        """tau in nats: a prompt whose category entropy exceeds it goes to the fallback expert."""
+        return self._entropy_threshold
+
+    def route(self, prompt: Prompt) -> RouteDecision:
+        """Route one prompt: a string, or OpenAI-style messages (the LAST user turn is read)."""
+        return self._decide([prompt_text(prompt)])[0]
+
+    def route_batch(self, prompts: Sequence[Prompt]) -> list[RouteDecision]:
+        """Route many prompts in one encoder pass; item i equals `route(prompts[i])`.
+
+        All items are checked before any model work, so one bad item fails the whole batch with
+        its index in the message.
+        """
+        if isinstance(prompts, str | bytes | bytearray | Mapping) or not isinstance(prompts, Sequence):
+            raise InvalidPromptError(
+                f"route_batch expects a list of prompts; got {type(prompts).__name__} "
+                "(use route() for one prompt)"
+            )
+        texts = [prompt_text(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
+        return self._decide(texts) if texts else []
+
+    def _decide(self, texts: list[str]) -> list[RouteDecision]:
+        with torch.inference_mode():
+            probs = torch.softmax(self._head(self._encoder.encode(texts)), dim=-1)  # [N, K]
+            entropy = entropy_nats(probs)  # [N]
+        decisions = []
+        for p, h in zip(probs.tolist(), entropy.tolist(), strict=True):
+            category = self._categories[max(range(len(p)), key=p.__getitem__)]
+            fallback = h > self._entropy_threshold
+            decisions.append(
+                RouteDecision(
+                    category=category,
+                    expert=self._fallback_expert if fallback else self._category_map[category],
+                    probabilities=dict(zip(self._categories, p, strict=True)),
+                    entropy=max(h, 0.0),
+                    fallback=fallback,
+                )
+            )
+        return decisions
+
+
+_DEFAULT_LOCK = threading.Lock()
+
+
+def _ensure_default_artifact(directory: Path) -> None:
+    """Train the default artifact into `directory` if it is missing, so a fresh clone can route.
+
+    Written to a temporary sibling folder and renamed into place, so a concurrent reader never sees
+    half an artifact; when two processes race, the first rename wins and the other's copy is dropped.
+    """
+    with _DEFAULT_LOCK:
+        if artifact_exists(directory):
+            return
+        from router.train import format_report, train_router  # training code only when needed
+
+        logger.warning(
+            "no router artifact in %s; training one from the bundled data (a few seconds)", directory
+        )
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            artifact, head = train_router(None)
+            save_artifact(tmp, artifact, head)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the zoo is read by other users' workers
+            try:
+                os.rename(tmp, directory)  # atomic; also replaces an empty `directory`
+            except OSError:
+                if not artifact_exists(directory):
+                    raise
+            logger.info("wrote router artifact to %s\n%s", directory, format_report(artifact))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_router(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    category_map: Mapping[str, str] | None = None,
+    fallback_expert: str | None = None,
+    entropy_threshold: float | None = None,
+) -> Router:
+    """Load a trained router.
+
+    path: artifact folder; None = `cluster.paths.router_dir()`, trained there first if missing.
+    category_map / fallback_expert / entropy_threshold: replace the artifact's values (the map
+    must name an expert for every category).
+    """
+    if path is None:
+        directory = router_dir()
+        _ensure_default_artifact(directory)
+    else:
+        directory = Path(path).expanduser().resolve()
+    artifact, head = load_artifact(directory)
+    return Router(
+        artifact,
+        head,
+        get_encoder(artifact.encoder),
+        category_map=category_map,
+        fallback_expert=fallback_expert,
+        entropy_threshold=entropy_threshold,
+    )
