@@ -81,3 +81,8 @@ def test_coe_cli_lists_subcommands(capsys):
 def test_zoo_command_runs(argv, tiny_zoo, capsys):
     assert coe_main(["zoo", *argv]) == 0
     assert "zoo ready: 2 experts" in capsys.readouterr().out
+
+
+def test_coe_route_prints_the_decision(router_artifact, capsys):
+    assert coe_main(["route", "Prove that the square root of 2 is irrational."]) == 0
+    assert json.loads(capsys.readouterr().out)["category"] == "math"
