@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in {"-h", "--help"} else 2
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    # `python -m router` has its own `route` subcommand: `coe route PROMPT` is `python -m router route PROMPT`.
+    # `python -m router` has its own `route` subcommand: `coe route P` is `python -m router route P`.
     rest = ["route", *argv[1:]] if argv[0] == "route" else argv[1:]
     return int(module.main(rest) or 0)
 

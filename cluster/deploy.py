@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from deployments.app import build_app_from_config
-    from deployments.grpc_options import grpc_options
+    from cluster.serve_app import build_application, grpc_options
 
     ray.init(address="auto", namespace="coe", log_to_driver=False)
     try:
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_options=grpc_options(config),
     )
     serve.run(
-        build_app_from_config(config),
+        build_application(config),
         name=config.serve.app_name,
         route_prefix=config.serve.route_prefix,
         blocking=False,

@@ -16,11 +16,10 @@ from pathlib import Path
 import yaml
 
 from cluster.config import ClusterConfig, load_config
+from cluster.serve_app import APP_BUILDER, grpc_options
 
 
 def serve_config(config: ClusterConfig, config_path: Path) -> dict:
-    from deployments.grpc_options import grpc_options
-
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.serve.http_host, "port": config.serve.http_port},
@@ -29,7 +28,7 @@ def serve_config(config: ClusterConfig, config_path: Path) -> dict:
             {
                 "name": config.serve.app_name,
                 "route_prefix": config.serve.route_prefix,
-                "import_path": "deployments.app:build_app",
+                "import_path": APP_BUILDER,
                 "args": {"config": str(config_path.resolve())},
             }
         ],

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import load_config
     from cluster.local import start_local_ray
-    from deployments.app import build_app_from_config
+    from cluster.serve_app import build_application, grpc_options
 
     config = load_config(args.config)
     start_local_ray(config)
@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve.start(
             http_options={"host": config.serve.http_host, "port": config.serve.http_port},
-            grpc_options=_grpc_options(config),
+            grpc_options=grpc_options(config),
         )
         serve.run(
-            build_app_from_config(config),
+            build_application(config),
             name=config.serve.app_name,
             route_prefix=config.serve.route_prefix,
             blocking=False,
@@ -111,12 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
-
-
-def _grpc_options(config) -> dict:
-    from deployments.grpc_options import grpc_options
-
-    return grpc_options(config)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from cluster.config import ClusterConfig, load_config
+from cluster.config import ClusterConfig, config_from_dict, load_config
 from deployments.ingress import CoERouter
 from deployments.socket import ExpertSocket
 
@@ -52,7 +52,11 @@ def build_app_from_config(config: ClusterConfig, *, heartbeat_s: float = 1.0):
 
 
 def build_app(args: dict[str, Any]):
-    """Serve application builder: `args["config"]` is the path of the cluster YAML."""
+    """Serve application builder: `args["config"]` is the path of the cluster YAML (or
+    `args["config_data"]` the config itself, as `coe up` and `cluster.deploy` pass it after
+    resolving the topology against the running cluster)."""
+    if "config_data" in args:
+        return build_app_from_config(config_from_dict(args["config_data"]))
     if "config" not in args:
         raise ValueError("deployments.app:build_app needs args.config: the path of a cluster YAML")
     return build_app_from_config(load_config(args["config"]))

@@ -1,0 +1,33 @@
+"""The Serve application, referred to the way Ray itself does: by import path.
+
+`cluster/` starts and deploys the app but sits below `deployments/` in the dependency order
+(ARCHITECTURE: arrows go one way), so it names the app by the same import paths that
+`serve run`, `serve deploy` and KubeRay's `serveConfigV2` use, and resolves them at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from cluster.config import ClusterConfig
+
+APP_BUILDER = "deployments.app:build_app"
+GRPC_SERVICER = "deployments.coe_pb2_grpc.add_CoEServicer_to_server"
+# Importing it generates the stub module the gRPC proxy imports (from coe.proto) when missing.
+GRPC_STUBS_MODULE = "deployments.grpc_stubs"
+
+
+def build_application(config: ClusterConfig):
+    """The Serve `Application` for an already-loaded (possibly topology-resolved) config."""
+    module, _, builder = APP_BUILDER.partition(":")
+    return getattr(importlib.import_module(module), builder)({"config_data": config.model_dump(mode="json")})
+
+
+def grpc_options(config: ClusterConfig) -> dict:
+    """`grpc_options` for `serve.start` (and what `serveConfigV2.grpc_options` must say).
+
+    The proxy imports the servicer by path in its own process, so the stubs must exist on disk
+    first (a multi-node image runs `python -m deployments.protogen` at build time).
+    """
+    importlib.import_module(GRPC_STUBS_MODULE)
+    return {"port": config.serve.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
