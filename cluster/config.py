@@ -21,7 +21,7 @@ Device = Literal["cpu", "cuda"]
 
 class _Strict(BaseModel):
     # A typo in a config key is a silent misconfiguration; refuse unknown keys instead.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)  # defaults like "1MiB" parse too
 
 
 class TopologyConfig(_Strict):

@@ -108,3 +108,8 @@ def test_relative_checkpoints_resolve_under_store_root(tiny_dict, zoo_root, tmp_
     assert config.checkpoint_path(config.experts[0]) == zoo_root / "tiny" / "tiny-00"
     tiny_dict["store_root"] = str(tmp_path)
     assert "experts[tiny-00].checkpoint" in _error(tiny_dict)
+
+
+def test_size_defaults_are_bytes_too(tiny_dict):
+    del tiny_dict["limits"]["max_body_bytes"]
+    assert config_from_dict(tiny_dict).limits.max_body_bytes == 2**20

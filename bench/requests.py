@@ -1,0 +1,96 @@
+"""Turn a workload (Zipf, uniform, phase shift) into the exact requests a run sends.
+
+Popularity is drawn by `bench.workloads` over *items*: explicit expert ids (`model` = the id),
+or, with `model="coe"`, the router's categories, each request carrying a held-out prompt of its
+category so the router picks the expert. Every request has its own seed, so two systems given
+the same spec list generate the same tokens for the same request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from bench.workloads import phase_shift_trace, uniform_trace, zipf_trace
+from cluster.paths import REPO_ROOT
+
+__all__ = ["WORKLOADS", "RequestSpec", "build_requests", "heldout_prompts", "item_trace"]
+
+WORKLOADS = ("zipf", "uniform", "phase")
+HELDOUT = REPO_ROOT / "router" / "data" / "heldout.jsonl"
+COE_MODEL = "coe"
+
+
+class RequestSpec(BaseModel):
+    index: int
+    model: str
+    prompt: str
+    category: str | None = None
+    seed: int
+
+
+@cache
+def heldout_prompts(path: Path = HELDOUT) -> dict[str, list[str]]:
+    """category -> prompts, in file order (the router never trained on these)."""
+    by_category: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_category.setdefault(row["category"], []).append(row["prompt"])
+    return by_category
+
+
+def item_trace(items: Sequence[str], n: int, workload: str, zipf_s: float, seed: int) -> list[str]:
+    """`n` draws over `items` (rank order = list order) for the named workload."""
+    items = list(items)
+    if workload == "zipf":
+        return zipf_trace(items, n, zipf_s, seed)
+    if workload == "uniform":
+        return uniform_trace(items, n, seed)
+    if workload == "phase":
+        return phase_shift_trace(items, n, zipf_s, seed)
+    raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+
+
+def build_requests(
+    experts: Sequence[str],
+    n: int,
+    *,
+    workload: str = "zipf",
+    zipf_s: float = 1.0,
+    seed: int = 0,
+    model: str | None = None,
+) -> list[RequestSpec]:
+    """`n` requests. `model=None`: Zipf over `experts`, each sent by id with a held-out prompt of
+    any category. `model="coe"`: Zipf over the held-out categories, sent as `coe`."""
+    prompts = heldout_prompts()
+    categories = sorted(prompts)
+    rng = np.random.default_rng(seed + 1)  # prompt choice: independent of the popularity draw
+    if model == COE_MODEL:
+        trace = item_trace(categories, n, workload, zipf_s, seed)
+        picks = [(COE_MODEL, category) for category in trace]
+    elif model is None:
+        if not experts:
+            raise ValueError("no experts to draw from: pass --experts or let GET /v1/models list them")
+        trace = item_trace(experts, n, workload, zipf_s, seed)
+        picks = [(expert, categories[int(rng.integers(len(categories)))]) for expert in trace]
+    else:
+        picks = [(model, categories[int(rng.integers(len(categories)))]) for _ in range(n)]
+    specs = []
+    for index, (name, category) in enumerate(picks):
+        pool = prompts[category]
+        specs.append(
+            RequestSpec(
+                index=index,
+                model=name,
+                prompt=pool[int(rng.integers(len(pool)))],
+                category=category,
+                seed=seed * 1_000_003 + index,
+            )
+        )
+    return specs

@@ -1,0 +1,259 @@
+"""The load generator: metric math on synthetic timestamps, SSE parsing on a mock transport, and
+short real runs (closed and open loop) against the tiny-expert app, then the baseline app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from ray import serve
+
+from bench.compare import opt_hit_rates
+from bench.http_client import stream_chat
+from bench.load import LoadReport, LoadSettings, main, run_benchmark, run_requests, summarize
+from bench.metrics import RequestRecord, itl_ms, latency_stats, meets_slo, parse_goodput, tpot_ms
+from bench.requests import RequestSpec, build_requests, heldout_prompts
+
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+
+
+def record(start: float, chunks: list[float], end: float, tokens: int, ok: bool = True) -> RequestRecord:
+    return RequestRecord(
+        index=0, model="m", start_s=start, chunk_s=chunks, end_s=end, output_tokens=tokens, ok=ok
+    )
+
+
+# --------------------------------------------------------------------------- metric math
+def test_percentiles_are_interpolated_in_ms_and_ordered() -> None:
+    stats = latency_stats([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert stats.count == 100
+    assert stats.mean_ms == pytest.approx(50.5)
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert latency_stats([]).model_dump() == {"mean_ms": 0, "p50_ms": 0, "p90_ms": 0, "p99_ms": 0, "count": 0}
+
+
+def test_ttft_tpot_and_itl_from_synthetic_timestamps() -> None:
+    # sent at 10.0, content at +100, +150, +250 ms, stream ends at +300 ms, 3 tokens.
+    r = record(10.0, [10.1, 10.15, 10.25], 10.3, 3)
+    assert r.ttft_s == pytest.approx(0.1)
+    assert r.e2el_s == pytest.approx(0.3)
+    assert tpot_ms(r) == pytest.approx(100.0)  # (300 - 100) / (3 - 1)
+    assert itl_ms(r) == pytest.approx([50.0, 100.0])
+    assert tpot_ms(record(0, [0.1], 0.1, 1)) is None  # one token: no TPOT, as in vLLM
+
+
+def test_goodput_counts_only_completed_requests_within_every_slo() -> None:
+    slo = parse_goodput(["ttft:150", "e2el:400"])
+    assert slo == {"ttft": 150.0, "e2el": 400.0}
+    fast, slow_first = record(0, [0.1, 0.2], 0.3, 2), record(0, [0.2, 0.25], 0.3, 2)
+    slow_end, failed = record(0, [0.1], 0.5, 1), record(0, [0.1], 0.2, 1, ok=False)
+    assert [meets_slo(r, slo) for r in (fast, slow_first, slow_end, failed)] == [True, False, False, False]
+    summary = summarize([fast, slow_first, slow_end, failed], duration_s=2.0, slo_ms=slo)
+    assert (summary["sent"], summary["completed"], summary["failed"]) == (4, 3, 1)
+    assert summary["goodput"].good_requests == 1 and summary["goodput"].request_goodput == pytest.approx(0.5)
+    assert summary["request_throughput"] == pytest.approx(1.5)
+    assert summary["output_throughput"] == pytest.approx(2.5)  # (2 + 2 + 1) tokens / 2 s
+
+
+@pytest.mark.parametrize("bad", ["ttft", "latency:100", "e2el:abc", "ttft:-5"])
+def test_bad_goodput_specs_are_refused_with_the_item_named(bad: str) -> None:
+    with pytest.raises(ValueError, match="--goodput"):
+        parse_goodput([bad])
+
+
+# --------------------------------------------------------------------------- drivers without a server
+def _specs(n: int) -> list[RequestSpec]:
+    return [RequestSpec(index=i, model=f"e{i % 3}", prompt="p", seed=i) for i in range(n)]
+
+
+async def _fake_send(spec: RequestSpec) -> RequestRecord:
+    if spec.index == 3:
+        raise RuntimeError("boom")  # a broken sender still yields a failed record
+    start = time.perf_counter()
+    await asyncio.sleep(0.01)
+    return RequestRecord(
+        index=spec.index,
+        model=spec.model,
+        start_s=start,
+        chunk_s=[time.perf_counter()],
+        end_s=time.perf_counter(),
+        output_tokens=1,
+        ok=True,
+    )
+
+
+@pytest.mark.parametrize("rate", [None, 200.0])
+def test_every_request_sent_is_answered_or_failed(rate: float | None) -> None:
+    records = asyncio.run(run_requests(_specs(12), _fake_send, concurrency=3, rate=rate))
+    assert [r.index for r in records] == list(range(12))
+    assert sum(r.ok for r in records) == 11 and "boom" in records[3].error
+
+
+def _sse_transport(lines: list[str], status: int = 200) -> httpx.MockTransport:
+    body = "".join(f"{line}\n\n" for line in lines).encode()
+    return httpx.MockTransport(lambda request: httpx.Response(status, content=body))
+
+
+def test_sse_stream_gives_content_times_usage_and_tier() -> None:
+    coe = {"expert": "tiny-01", "tier": "ddr"}
+    lines = [
+        "data: " + json.dumps({"choices": [{"delta": {"role": "assistant", "content": ""}}], "coe": coe}),
+        "data: " + json.dumps({"choices": [{"delta": {"content": "he"}}], "coe": coe}),
+        "data: " + json.dumps({"choices": [{"delta": {"content": "llo"}, "finish_reason": "length"}]}),
+        "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": 3}}),
+        "data: [DONE]",
+    ]
+    spec = RequestSpec(index=0, model="tiny-01", prompt="hi", seed=1)
+
+    async def go(transport: httpx.MockTransport) -> RequestRecord:
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await stream_chat(client, "http://x", spec, max_tokens=3, temperature=1.0, timeout_s=5)
+
+    r = asyncio.run(go(_sse_transport(lines)))
+    assert r.ok and len(r.chunk_s) == 2 and r.output_tokens == 3 and (r.tier, r.expert) == ("ddr", "tiny-01")
+    assert r.start_s <= r.chunk_s[0] <= r.chunk_s[1] <= r.end_s
+    assert not asyncio.run(go(_sse_transport(lines[:-1]))).ok  # no [DONE]: the stream was cut
+    failed = asyncio.run(go(_sse_transport(['{"error": "busy"}'], status=503)))
+    assert not failed.ok and failed.error.startswith("HTTP 503")
+
+
+def test_request_lists_are_reproducible_and_coe_mode_uses_category_prompts() -> None:
+    experts = [f"e{i}" for i in range(8)]
+    a, b = build_requests(experts, 50, seed=3), build_requests(experts, 50, seed=3)
+    assert a == b and {s.model for s in a} <= set(experts)
+    routed = build_requests([], 20, model="coe", seed=1)
+    prompts = heldout_prompts()
+    assert all(s.model == "coe" and s.prompt in prompts[s.category] for s in routed)
+
+
+def test_opt_bounds_lru_on_the_aggregate_budget() -> None:
+    trace = build_requests([f"e{i}" for i in range(8)], 300, seed=0)
+    rates = opt_hit_rates([s.model for s in trace], {f"e{i}": 10 for i in range(8)}, 40)
+    assert 0 < rates["LRU"] <= rates["OPT"] < 1
+
+
+# --------------------------------------------------------------------------- against the tiny app
+@pytest.fixture(scope="module")
+def rig(tiny_config, router_artifact):
+    from tests.serving_rig import ServingRig
+
+    rig = ServingRig(tiny_config)
+    yield rig
+    rig.close()
+
+
+def _check_report(report: LoadReport, sent: int) -> None:
+    assert report.sent == sent == report.completed + report.failed
+    assert report.failed == 0, report.errors
+    assert report.duration_s > 0 and report.request_throughput > 0 and report.output_throughput > 0
+    for name in LATENCIES:
+        stats = getattr(report, name)
+        assert 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms, (name, stats)
+    assert report.ttft.p50_ms <= report.e2el.p50_ms and report.ttft.p99_ms <= report.e2el.p99_ms
+    assert report.goodput.good_requests <= report.completed
+    assert report.goodput.request_goodput <= report.request_throughput
+    assert report.server.source == "memtier"
+    assert report.server.hbm_hits + report.server.hbm_misses == report.completed
+    assert 0 <= report.server.hbm_hit_rate <= 1
+
+
+def test_closed_loop_cli_writes_a_complete_report(rig, tiny_config, tmp_path) -> None:
+    out, records = tmp_path / "run.json", tmp_path / "records.jsonl"
+    main(
+        [
+            "--url",
+            rig.base_url,
+            "--concurrency",
+            "4",
+            "--num-requests",
+            "16",
+            "--warmup",
+            "4",
+            "--max-tokens",
+            "4",
+            "--goodput",
+            "ttft:60000",
+            "e2el:60000",
+            "--out",
+            str(out),
+            "--records",
+            str(records),
+        ]
+    )
+    data = json.loads(out.read_text())
+    for field in ("completed", "failed", "request_throughput", "output_throughput", *LATENCIES, "goodput"):
+        assert field in data, field
+    for name in LATENCIES:
+        assert set(data[name]) >= {"mean_ms", "p50_ms", "p90_ms", "p99_ms"}
+    report = LoadReport.model_validate(data)
+    _check_report(report, 16)
+    assert report.goodput.good_requests == report.completed  # generous SLOs
+    rows = [RequestRecord.model_validate_json(line) for line in records.read_text().splitlines()]
+    assert len(rows) == 20 and all(r.ttft_s <= r.e2el_s for r in rows)
+    assert {r.tier for r in rows} <= {"hbm", "ddr", "store"}
+    assert set(data["settings"]["experts"]) == set(tiny_config.expert_ids)
+
+
+def test_open_loop_poisson_arrivals(rig, tiny_config) -> None:
+    settings = LoadSettings(
+        url=rig.base_url,
+        rate=4.0,
+        concurrency=None,
+        num_requests=12,
+        max_tokens=4,
+        experts=tiny_config.expert_ids,
+        seed=5,
+        goodput_slo_ms={"e2el": 1.0},
+    )
+    report, records = asyncio.run(run_benchmark(settings, show_progress=False))
+    _check_report(report, 12)
+    assert report.goodput.good_requests == 0  # 1 ms end to end is impossible
+    starts = sorted(r.start_s for r in records)
+    assert starts[-1] - starts[0] > 1.0  # arrivals are spread at ~4/s, not sent at once
+
+
+def test_grpc_stream_closed_loop(rig, tiny_config) -> None:
+    settings = LoadSettings(
+        url=rig.base_url,
+        grpc=rig.grpc_target,
+        concurrency=2,
+        num_requests=6,
+        max_tokens=4,
+        experts=tiny_config.expert_ids,
+        seed=9,
+    )
+    report, records = asyncio.run(run_benchmark(settings, show_progress=False))
+    _check_report(report, 6)
+    assert all(r.tier in {"hbm", "ddr", "store"} and r.socket for r in records)
+
+
+def test_baseline_app_serves_and_counts_hits(rig, tiny_config) -> None:
+    """Runs last: it swaps the CoE app for the baseline on the same cluster and sockets."""
+    from bench.baseline import build_baseline_app
+
+    serve.delete(rig.config.serve.app_name)
+    serve.run(build_baseline_app(rig.config), name="baseline", route_prefix="/", blocking=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{rig.base_url}/healthz", timeout=5).json().get("status") == "ok":
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    settings = LoadSettings(
+        url=rig.base_url, concurrency=1, num_requests=2, max_tokens=3, experts=["tiny-03"], seed=1
+    )
+    report, records = asyncio.run(run_benchmark(settings, show_progress=False))
+    assert report.completed == 2 and report.server.source == "multiplex"
+    assert [r.tier for r in records] == ["store", "hbm"]  # loaded by the first, resident for the second
+    assert (report.server.hbm_hits, report.server.hbm_misses, report.server.store_reads) == (1, 1, 1)
+    assert report.server.bytes_store_to_hbm == tiny_config.expert("tiny-03").size_bytes
+    stats = httpx.get(f"{rig.base_url}/v1/stats", timeout=10).json()
+    assert stats["max_num_models_per_replica"] == 2  # 6.4MB per socket / ~3.2MB per tiny expert
+    assert report.server.peak_models_in_use == 1  # one request at a time: one model in use
