@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from cluster.serve_app import build_application, grpc_options
+    from cluster.serve_app import build_application, grpc_options, import_app
 
+    import_app()  # before connecting: see cluster.serve_app.import_app
     ray.init(address="auto", namespace="coe", log_to_driver=False)
     try:
         config = resolve_topology(config, cluster_sockets(config.topology.device))

@@ -17,6 +17,14 @@ GRPC_SERVICER = "deployments.coe_pb2_grpc.add_CoEServicer_to_server"
 GRPC_STUBS_MODULE = "deployments.grpc_stubs"
 
 
+def import_app() -> None:
+    """Import the app's modules now (and generate the gRPC stubs): `cluster.deploy` does this before
+    connecting, because under `ray job submit` the job's extracted working dir can disappear once
+    the driver has connected (seen with Ray 2.60), and the modules must already be loaded then."""
+    importlib.import_module(APP_BUILDER.partition(":")[0])
+    importlib.import_module(GRPC_STUBS_MODULE)
+
+
 def build_application(config: ClusterConfig):
     """The Serve `Application` for an already-loaded (possibly topology-resolved) config."""
     module, _, builder = APP_BUILDER.partition(":")
