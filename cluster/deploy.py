@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot load {args.config}: {err}{hint if 'checkpoint' in str(err) else ''}")
 
     import ray
-    from ray import serve
 
-    from cluster.serve_app import build_application, grpc_options, import_app
+    from cluster.serve_app import deploy_application, import_app
 
     import_app()  # before connecting: see cluster.serve_app.import_app
     ray.init(address="auto", namespace="coe", log_to_driver=False)
@@ -76,16 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_topology(config, cluster_sockets(config.topology.device))
     except TopologyMismatch as err:
         return _fail(str(err))
-    serve.start(
-        http_options={"host": config.serve.http_host, "port": config.serve.http_port},
-        grpc_options=grpc_options(config),
-    )
-    serve.run(
-        build_application(config),
-        name=config.serve.app_name,
-        route_prefix=config.serve.route_prefix,
-        blocking=False,
-    )
+    deploy_application(config)
     try:
         wait_running(config.serve.app_name, config.topology.total_sockets, config.name, args.timeout_s)
     except (RuntimeError, TimeoutError) as err:

@@ -39,3 +39,19 @@ def grpc_options(config: ClusterConfig) -> dict:
     """
     importlib.import_module(GRPC_STUBS_MODULE)
     return {"port": config.serve.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
+
+
+def deploy_application(config: ClusterConfig) -> None:
+    """Start Serve's proxies with this config's ports and run the app (non-blocking)."""
+    from ray import serve
+
+    serve.start(
+        http_options={"host": config.serve.http_host, "port": config.serve.http_port},
+        grpc_options=grpc_options(config),
+    )
+    serve.run(
+        build_application(config),
+        name=config.serve.app_name,
+        route_prefix=config.serve.route_prefix,
+        blocking=False,
+    )

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import load_config
     from cluster.local import start_local_ray
-    from cluster.serve_app import build_application, grpc_options
+    from cluster.serve_app import deploy_application
 
     config = load_config(args.config)
     start_local_ray(config)
@@ -90,16 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        serve.start(
-            http_options={"host": config.serve.http_host, "port": config.serve.http_port},
-            grpc_options=grpc_options(config),
-        )
-        serve.run(
-            build_application(config),
-            name=config.serve.app_name,
-            route_prefix=config.serve.route_prefix,
-            blocking=False,
-        )
+        deploy_application(config)
         base_url = f"http://{config.serve.http_host}:{config.serve.http_port}"
         print(f"deployed; waiting for {config.topology.total_sockets} sockets to register ...")
         wait_until_ready(base_url, config.topology.total_sockets)
