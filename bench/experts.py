@@ -26,8 +26,6 @@ _BYTES_PER_PARAM = 2  # bfloat16
 def bench_model_config(index: int, target_bytes: int, vocab_size: int):
     """A config whose bf16 weights come to about `target_bytes`: the embedding (tied lm_head)
     plus as many layers as fit; at least one layer. Llama and Qwen2 alternate, as in the tiny zoo."""
-    from transformers import LlamaConfig, Qwen2Config
-
     heads, kv_heads = 4, 2
     head_dim = HIDDEN // heads
     embed_params = vocab_size * HIDDEN
@@ -38,7 +36,8 @@ def bench_model_config(index: int, target_bytes: int, vocab_size: int):
         + 2 * HIDDEN  # norms
     )
     layers = max(1, round((target_bytes / _BYTES_PER_PARAM - embed_params) / layer_params))
-    common = dict(
+    return zoo.random_expert_config(
+        index,
         vocab_size=vocab_size,
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
@@ -46,12 +45,7 @@ def bench_model_config(index: int, target_bytes: int, vocab_size: int):
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        dtype="bfloat16",
-        bos_token_id=1,
-        eos_token_id=2,
     )
-    return LlamaConfig(**common) if index % 2 == 0 else Qwen2Config(**common)
 
 
 def bench_expert_ids(count: int, target_mb: int) -> list[str]:

@@ -107,15 +107,14 @@ def bench_model_config(target_bytes: int):
     """A Llama config of about `target_bytes` in bf16: SmolLM2's layer shape (hidden 576, 9 heads,
     3 KV heads) with a small vocabulary, so the layer count, not one huge embedding, sets the size
     and the tensor count grows with size as in real experts. Below 20 MB a narrower shape is used."""
-    from transformers import LlamaConfig
-
     hidden, heads, kv_heads, vocab = (576, 9, 3, 8192) if target_bytes >= 20 * 10**6 else (128, 4, 2, 4096)
     intermediate = hidden * 8 // 3
     kv_dim = hidden // heads * kv_heads
     per_layer_bytes = 2 * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate + 2 * hidden)
     embedding_bytes = 2 * vocab * hidden
     layers = max(1, round((target_bytes - embedding_bytes) / per_layer_bytes))
-    return LlamaConfig(
+    return zoo.random_expert_config(  # index 0: Llama
+        0,
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -123,10 +122,6 @@ def bench_model_config(target_bytes: int):
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        dtype="bfloat16",
-        bos_token_id=1,
-        eos_token_id=2,
     )
 
 

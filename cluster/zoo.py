@@ -284,24 +284,49 @@ def build_demo(root: Path, experts: list[ExpertRecipe] = DEMO_EXPERTS) -> list[P
     return [root / "experts" / recipe.id for recipe in experts]
 
 
-def tiny_model_config(index: int, vocab_size: int):
-    """Alternate Llama and Qwen2 so both architectures are exercised; a few MB each in bf16."""
+def random_expert_config(
+    index: int,
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
+    max_position_embeddings: int = 512,
+):
+    """A Llama (even `index`) or Qwen2 (odd) config with tied embeddings in bf16: the shape of every
+    random-weight expert the project builds (tiny test experts, bench experts), so both
+    architectures are exercised by the same paging and generation code."""
     from transformers import LlamaConfig, Qwen2Config
 
     common = dict(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
         dtype="bfloat16",
         bos_token_id=1,
         eos_token_id=2,
     )
     return LlamaConfig(**common) if index % 2 == 0 else Qwen2Config(**common)
+
+
+def tiny_model_config(index: int, vocab_size: int):
+    """A few MB each in bf16, alternating Llama and Qwen2."""
+    return random_expert_config(
+        index,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
 
 
 def build_tiny(root: Path, count: int) -> list[Path]:
