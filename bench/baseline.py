@@ -44,7 +44,7 @@ from cluster.config import ClusterConfig
 from deployments.app import socket_actor_options
 from deployments.batcher import ExpertBatcher
 from deployments.generation import GenRequest, eos_token_ids
-from deployments.openai_models import ChatCompletionRequest
+from deployments.openai_models import ChatCompletionRequest, Usage
 from deployments.tokenizers import TokenizerCache
 
 __all__ = ["build_baseline_app", "models_per_replica"]
@@ -261,11 +261,7 @@ class BaselineIngress:
                 parts.append(event["text"])
                 tokens = event["completion_tokens"] or tokens
                 finish = event["finish_reason"] or finish
-            usage = {
-                "prompt_tokens": len(input_ids),
-                "completion_tokens": tokens,
-                "total_tokens": len(input_ids) + tokens,
-            }
+            usage = Usage.of(len(input_ids), tokens).model_dump()
             return JSONResponse(
                 {
                     "id": rid,
@@ -305,11 +301,7 @@ class BaselineIngress:
                         delta = {"content": event["text"]} if event["text"] else {}
                         yield _sse(chunk(delta, event["finish_reason"]))
                 if include_usage:
-                    usage = {
-                        "prompt_tokens": len(input_ids),
-                        "completion_tokens": tokens,
-                        "total_tokens": len(input_ids) + tokens,
-                    }
+                    usage = Usage.of(len(input_ids), tokens).model_dump()
                     yield _sse(
                         {
                             "id": rid,

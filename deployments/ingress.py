@@ -106,11 +106,7 @@ class CoERouter(GrpcServicerMixin):
             tokens = event.completion_tokens or tokens
             finish = event.finish_reason or finish
         text = "".join(parts)
-        usage = Usage(
-            prompt_tokens=len(prepared.input_ids),
-            completion_tokens=tokens,
-            total_tokens=len(prepared.input_ids) + tokens,
-        )
+        usage = Usage.of(len(prepared.input_ids), tokens)
         rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
@@ -174,11 +170,7 @@ class CoERouter(GrpcServicerMixin):
                     except StopAsyncIteration:
                         event = None
                 if include_usage:
-                    usage = Usage(
-                        prompt_tokens=len(prepared.input_ids),
-                        completion_tokens=tokens,
-                        total_tokens=len(prepared.input_ids) + tokens,
-                    )
+                    usage = Usage.of(len(prepared.input_ids), tokens)
                     yield _sse(
                         {
                             "id": rid,
