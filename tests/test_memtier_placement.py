@@ -224,6 +224,31 @@ def test_a_saturated_non_holder_is_skipped_for_an_unsaturated_one() -> None:
     assert chosen(d, "a") == ("s0", "ddr")  # without saturation DDR locality wins
 
 
+def test_batching_beats_spreading_the_fullest_running_batch_with_room_wins() -> None:
+    d = two_by_two(EXPERTS)
+    use(d, "a", "s0")
+    use(d, "a", "s1")  # two copies of "a"; s1 was used last
+    first = place(d, "a", saturation=4)
+    assert first.socket_id == "s0"  # equal batches: least loaded, then least recently used
+    # s0 runs a batch of "a" now: the next requests join it instead of starting a batch on s1.
+    joined = [place(d, "a", saturation=4) for _ in range(3)]
+    assert [lease.socket_id for lease in joined] == ["s0", "s0", "s0"]
+    assert loads(d) == {"s0": 4, "s1": 0, "s2": 0, "s3": 0}
+    # s0's batch is full: the copy on s1 takes the fifth.
+    assert chosen(d, "a", saturation=4) == ("s1", "hbm")
+    # Without a batch size to fill, placement spreads over the copies (least loaded first).
+    assert chosen(d, "a") == ("s1", "hbm")
+
+
+def test_a_busy_socket_running_another_expert_does_not_attract_the_batch() -> None:
+    d = two_by_two(EXPERTS)
+    use(d, "a", "s0")
+    use(d, "a", "s1")
+    grant(d, "b", "s1")
+    grant(d, "b", "s1")  # s1 is busier, but with "b": no batch of "a" to join there
+    assert chosen(d, "a", saturation=4) == ("s0", "hbm")
+
+
 # --------------------------------------------------------------------------- capacity and errors
 def test_a_socket_whose_hbm_is_all_pinned_is_not_a_candidate() -> None:
     experts = {"a": MB, "big": 2 * MB, "c": MB}
