@@ -7,8 +7,10 @@ Among HBM holders, batching beats spreading: with `saturation` set (the socket e
 size), the holder already running the most requests *for this expert* wins while its batch has
 room, because a continuous batcher adds a row to a running batch almost for free (a decode step
 of 8 rows costs about 2x one row on CPU, see deployments/engine.py), while a request spread to
-an idle copy runs alone. Without `saturation` the least-loaded holder wins, as before. A socket is a candidate only if the expert can fit beside what is pinned there now,
-so a placement never asks a socket to evict an expert in use.
+an idle copy runs alone. Without `saturation` the least-loaded holder wins, as before.
+
+A socket is a candidate only if the expert can fit beside what is pinned there now, so a
+placement never asks a socket to evict an expert in use.
 
 One refinement, for hot experts: an HBM holder whose in-flight leases have reached
 `saturation` would only queue the request, so while a non-saturated socket exists the
