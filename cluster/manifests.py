@@ -14,7 +14,9 @@ with the cluster config they serve. This module closes those gaps without a clus
    it: `coe_socket` and GPUs per pod = sockets_per_node, worker pods = nodes, object store >= DDR.
    Token auth on, dashboard not published.
 
-`python -m cluster.manifests k8s/` runs all of it and exits 1 on any problem.
+`python -m cluster.manifests k8s/` runs all of it and exits 1 on any problem. Without the CRDs
+(a fresh clone has no shared/ beside it) step 1 cannot run: the CLI says which variable to set, and
+`--no-crds` (or `schema=False`) runs steps 2 and 3 alone, as the tests do when the CRDs are absent.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def _describe(doc: dict) -> str:
 def crd_dir() -> Path:
     """The KubeRay CRDs: `$COE_KUBERAY_CRDS`, else shared/kuberay-crds beside the repo (as in CI)."""
     return Path(os.environ.get(CRD_DIR_ENV) or REPO_ROOT.parent / "shared" / "kuberay-crds")
+
+
+def crds_available() -> bool:
+    """Whether `crd_dir()` holds CRD files; a user's fresh clone has none, CI has shared/ beside it."""
+    root = crd_dir()
+    return root.is_dir() and any(root.glob("*.yaml"))
 
 
 @functools.lru_cache(maxsize=4)
@@ -383,7 +391,7 @@ def parse_serve_config(text: Any, where: str, base: PathParts) -> tuple[dict | N
 # --------------------------------------------------------------------------- one document
 
 
-def _document_problems(doc: Any, where: str) -> list[Problem]:
+def _document_problems(doc: Any, where: str, *, schema: bool = True) -> list[Problem]:
     if not isinstance(doc, dict):
         return [Problem(where, "<document>", "a manifest must be a YAML mapping")]
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
@@ -395,10 +403,12 @@ def _document_problems(doc: Any, where: str) -> list[Problem]:
                 "required field is missing or not a string",
             )
         ]
-    try:
-        problems = _schema_problems(_validator(str(crd_dir()), api_version, kind), doc, where)
-    except ManifestError as err:
-        return [Problem(where, p.path, p.message) for p in err.problems]
+    problems: list[Problem] = []
+    if schema:
+        try:
+            problems = _schema_problems(_validator(str(crd_dir()), api_version, kind), doc, where)
+        except ManifestError as err:
+            return [Problem(where, p.path, p.message) for p in err.problems]
     spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
     if kind == "RayService" and "serveConfigV2" in spec:
         problems += parse_serve_config(spec["serveConfigV2"], where, ["spec", "serveConfigV2"])[1]
@@ -412,12 +422,13 @@ def _document_problems(doc: Any, where: str) -> list[Problem]:
     return problems
 
 
-def validate_manifest(doc: dict) -> None:
+def validate_manifest(doc: dict, *, schema: bool = True) -> None:
     """Check one document on its own: CRD schema (strict), serveConfigV2, YAML in ConfigMap data.
 
-    Raises ManifestError naming every offending field path.
+    Raises ManifestError naming every offending field path. `schema=False` skips the CRD schema.
     """
-    problems = _document_problems(doc, _describe(doc) if isinstance(doc, dict) else "<document>")
+    where = _describe(doc) if isinstance(doc, dict) else "<document>"
+    problems = _document_problems(doc, where, schema=schema)
     if problems:
         raise ManifestError(problems)
 
@@ -825,14 +836,15 @@ def _load_docs(paths: list[Path]) -> tuple[list[tuple[str, dict]], list[Problem]
     return docs, problems
 
 
-def validate_paths(paths: list[str | Path], *, cross_check: bool = True) -> list[str]:
+def validate_paths(paths: list[str | Path], *, cross_check: bool = True, schema: bool = True) -> list[str]:
     """Validate every manifest in these files and folders; returns their kinds, in order.
 
     With `cross_check`, also the checks between documents (cluster config vs pods, security).
+    `schema=False` skips the KubeRay CRD schemas (for a checkout without them); the rest still runs.
     """
     docs, problems = _load_docs([Path(p) for p in paths])
     for where, doc in docs:
-        problems += _document_problems(doc, where)
+        problems += _document_problems(doc, where, schema=schema)
     if cross_check and not problems:
         problems += _cross_problems(docs)
     if problems:
@@ -840,14 +852,14 @@ def validate_paths(paths: list[str | Path], *, cross_check: bool = True) -> list
     return [doc["kind"] for _, doc in docs]
 
 
-def validate_file(path: str | Path) -> list[str]:
+def validate_file(path: str | Path, *, schema: bool = True) -> list[str]:
     """Validate the documents of one file on their own (references to other files are not followed)."""
-    return validate_paths([path], cross_check=False)
+    return validate_paths([path], cross_check=False, schema=schema)
 
 
-def validate_dir(path: str | Path = REPO_ROOT / "k8s") -> list[str]:
+def validate_dir(path: str | Path = REPO_ROOT / "k8s", *, schema: bool = True) -> list[str]:
     """Validate a whole manifest folder, including the checks across its documents."""
-    return validate_paths([path])
+    return validate_paths([path], schema=schema)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -858,13 +870,20 @@ def main(argv: list[str] | None = None) -> int:
         default=[str(REPO_ROOT / "k8s")],
         help="manifest files or folders, checked together (default: k8s/)",
     )
+    parser.add_argument(
+        "--no-crds",
+        action="store_true",
+        help=f"skip the KubeRay CRD schemas (when neither ${CRD_DIR_ENV} nor shared/kuberay-crds exists); "
+        "the Serve schema and the cross-checks still run",
+    )
     args = parser.parse_args(argv)
     try:
-        kinds = validate_paths(args.paths)
+        kinds = validate_paths(args.paths, schema=not args.no_crds)
     except ManifestError as err:
         print(f"{len(err.problems)} problem(s):\n{err}", file=sys.stderr)
         return 1
-    print(f"ok: {len(kinds)} manifests ({', '.join(kinds)}) against the CRDs in {crd_dir()}")
+    against = "without the CRD schemas (--no-crds)" if args.no_crds else f"against the CRDs in {crd_dir()}"
+    print(f"ok: {len(kinds)} manifests ({', '.join(kinds)}) {against}")
     return 0
 
 
