@@ -11,7 +11,10 @@ For experts of several sizes, one run measures, through memtier's own code paths
 * ``store_cold``: the expert is evicted from DDR and its file dropped from the page cache, then
   ``DDRStore.get`` reads the STORE (``read_weights`` + ``ray.put``), ``ray.get`` and materialise.
 
-and, on the same machine in the same run, ``memcpy_gbps`` (``np.copyto`` into a destination touched
+and ``serving_store`` (`bench.switch_serving`): the same STORE miss through MemTier placement and a
+socket's own residency code, beside ``store_cold`` in the same run, plus concurrent misses.
+
+And, on the same machine in the same run, ``memcpy_gbps`` (``np.copyto`` into a destination touched
 once, RAY-NOTES) and ``cold_store_gbps`` (plain reads of a file dropped from the page cache).
 
 Run ``python -m bench.switch`` (``--quick`` for two sizes, about a minute on 2 cores); results go to
@@ -37,6 +40,7 @@ import ray
 import torch
 from pydantic import BaseModel, Field
 
+from bench.switch_serving import ParallelMiss, ServingRig, serving_config
 from cluster import zoo
 from cluster.paths import zoo_dir
 from memtier.ddr_store import DDRStore
@@ -48,13 +52,14 @@ from memtier.weights import ExpertWeights
 
 __all__ = ["SwitchReport", "SwitchRow", "build_expert", "main", "run_switch_bench", "write_outputs"]
 
-TIERS: tuple[str, ...] = ("hbm", "ddr", "ddr_first", "ddr_copy", "store_cold")
+TIERS: tuple[str, ...] = ("hbm", "ddr", "ddr_first", "ddr_copy", "store_cold", "serving_store")
 QUICK_SIZES_BYTES = (25 * 10**6, 100 * 10**6)
 FULL_SIZES_BYTES = (25 * 10**6, 100 * 10**6)  # plus the 269 MB SmolLM2 demo expert (or a 270 MB one)
 DEMO_FALLBACK_BYTES = 270 * 10**6
 GOAL_MIN_EXPERT_BYTES = 100 * 10**6
 GOAL_DDR_RATIO_TO_MEMCPY = 0.8
 GOAL_STORE_OVER_DDR = 10.0
+GOAL_SERVING_OVER_STORE_COLD = 1.5  # issue 17: a serving STORE miss within 1.5x of store_cold
 HBM_HIT_REPETITIONS = 200  # a hit costs microseconds: many samples for a stable median
 _ALIGN_BYTES = 256  # every private copy starts aligned for any dtype view (as materialize.py stages)
 _READ_CHUNK_BYTES = 8 * 2**20
@@ -65,7 +70,7 @@ class SwitchRow(BaseModel):
 
     expert: str = Field(description="Checkpoint directory name.")
     expert_bytes: int = Field(description="Tensor bytes of the expert (what DDR and HBM hold).")
-    tier: str = Field(description="hbm | ddr | ddr_first | ddr_copy | store_cold (module docstring).")
+    tier: str = Field(description="hbm | ddr | ddr_first | ddr_copy | store_cold | serving_store (module docstring).")
     seconds: float = Field(description="Median over `repetitions` activations.")
     gbps: float = Field(description="expert_bytes / seconds / 1e9: an *effective* rate, not bytes copied.")
     ratio_to_memcpy: float = Field(description="gbps / memcpy_gbps of the same run.")
@@ -100,6 +105,9 @@ class SwitchReport(BaseModel):
         "rather than private copies unpickled from it."
     )
     rows: list[SwitchRow]
+    parallel: ParallelMiss | None = Field(
+        None, description="Concurrent serving misses of every expert (bench.switch_serving), same run."
+    )
 
 
 # --------------------------------------------------------------------------- experts to switch
@@ -321,7 +329,9 @@ def _time_tier(
     return parts
 
 
-def measure_expert(store, checkpoint: Path, repetitions: int) -> list[SwitchRow]:
+def measure_expert(
+    store, checkpoint: Path, repetitions: int, serving: ServingRig | None = None
+) -> list[SwitchRow]:
     """Every tier for one expert. Tiers are interleaved per repetition, so drift on a shared machine
     (other jobs, thermal) spreads over all tiers instead of biasing the one measured last."""
     expert = checkpoint.name
@@ -330,7 +340,8 @@ def measure_expert(store, checkpoint: Path, repetitions: int) -> list[SwitchRow]
     ray.get(store.prefetch.remote(expert))  # STORE -> DDR once (a no-op if it is there already)
     _time_tier(lambda: activate(store, expert, warm), warm, expect_store_read=False)  # skeleton in pool
     copy_buffer = _copy_buffer(info.size_bytes, info.tensor_count)
-    samples: dict[str, list[dict[str, float]]] = {tier: [] for tier in TIERS if tier != "hbm"}
+    tiers = [tier for tier in TIERS if tier != "hbm" and (serving is not None or tier != "serving_store")]
+    samples: dict[str, list[dict[str, float]]] = {tier: [] for tier in tiers}
     for _ in range(repetitions):
         samples["ddr"].append(_time_tier(lambda: activate(store, expert, warm), warm, False))
         samples["ddr_copy"].append(
@@ -344,6 +355,8 @@ def measure_expert(store, checkpoint: Path, repetitions: int) -> list[SwitchRow]
             raise RuntimeError(f"DDR store would not evict {expert}")
         drop_page_cache(checkpoint)
         samples["store_cold"].append(_time_tier(lambda: activate(store, expert, warm), warm, True))
+        if serving is not None:
+            samples["serving_store"].append(serving.cold_miss(expert))
     rows = [_row(expert, info.size_bytes, tier, runs) for tier, runs in samples.items()]
     hits = asyncio.run(_hbm_hit_samples(store, expert, info.size_bytes, HBM_HIT_REPETITIONS))
     rows.insert(0, _row(expert, info.size_bytes, "hbm", [{"total": s} for s in hits]))
@@ -406,6 +419,7 @@ def run_switch_bench(
     repetitions: int,
     command: str,
     memcpy_bytes: int | None = None,
+    serving: bool = True,
 ) -> SwitchReport:
     """Measure the limits and every tier of every checkpoint in one local Ray session."""
     sizes = {path: checkpoint_info(path).size_bytes for path in checkpoints}
@@ -414,8 +428,13 @@ def run_switch_bench(
     memcpy_gbps = measure_memcpy_gbps(memcpy_bytes, max(10, repetitions))
     cold_store_gbps = measure_cold_read_gbps(largest, max(3, repetitions))
     # Room for every expert plus one being re-put after an eviction, with headroom for Ray itself.
+    # The serving path has its own node DDR store holding every expert once more.
+    serving_ddr_bytes = sum(sizes.values()) + max(sizes.values())
     object_store_bytes = max(256 * 2**20, 2 * sum(sizes.values()) + 128 * 2**20)
+    if serving:
+        object_store_bytes += serving_ddr_bytes
     rows: list[SwitchRow] = []
+    parallel: ParallelMiss | None = None
     with local_ray(object_store_bytes):
         store = DDRStore.remote(
             "bench-switch",
@@ -423,8 +442,17 @@ def run_switch_bench(
             object_store_bytes,
             {path.name: str(path) for path in checkpoints},
         )
-        for path in sorted(checkpoints, key=sizes.get):
-            rows.extend(measure_expert(store, path, repetitions))
+        ordered = sorted(checkpoints, key=sizes.get)
+        rig = ServingRig(serving_config(ordered, serving_ddr_bytes)) if serving else None
+        try:
+            for path in ordered:
+                rows.extend(measure_expert(store, path, repetitions, rig))
+            if rig is not None:
+                single_s = sum(row.seconds for row in rows if row.tier == "serving_store")
+                parallel = rig.parallel([path.name for path in ordered], repetitions, single_s)
+        finally:
+            if rig is not None:
+                rig.close()
         zero_copy = ddr_maps_zero_copy(store, largest.name)
         ray.kill(store)
     for row in rows:
@@ -439,6 +467,7 @@ def run_switch_bench(
         cold_store_file=largest.name,
         ddr_zero_copy=zero_copy,
         rows=rows,
+        parallel=parallel,
     )
 
 
@@ -513,10 +542,49 @@ def markdown(report: SwitchReport) -> str:
         "",
         *_goal_lines(report),
         "",
+        *_serving_lines(report),
         _honesty_note(report),
         "",
     ]
     return "\n".join(lines)
+
+
+def _serving_lines(report: SwitchReport) -> list[str]:
+    """The serving-path miss beside store_cold of the same expert, same run (issue 17, point 0)."""
+    serving = [row for row in report.rows if row.tier == "serving_store"]
+    if not serving:
+        return []
+    cold = {row.expert: row for row in report.rows if row.tier == "store_cold"}
+    lines = [
+        "## Serving miss against `store_cold`",
+        "",
+        "`serving_store` = MemTier `place` + the socket's `SocketAgent` path (residency, the node's DDR "
+        "store reading the STORE, `ray.get`, materialise, release to MemTier), timed from the caller, the "
+        "expert dropped from HBM, DDR and the page cache before each repetition (interleaved with "
+        "`store_cold`); sockets warm. Overhead = total - place - the socket's switch_s. Goal: within "
+        f"{GOAL_SERVING_OVER_STORE_COLD}x of `store_cold` for the same bytes.",
+        "",
+        "| expert | MB | store_cold ms | serving_store ms | ratio | met | serving steps, ms |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for row in serving:
+        base = cold[row.expert].seconds
+        ratio = row.seconds / base
+        steps = ", ".join(f"{step} {seconds * 1e3:.1f}" for step, seconds in row.parts_s.items())
+        lines.append(
+            f"| {row.expert} | {row.expert_bytes / 1e6:.1f} | {base * 1e3:.1f} | {row.seconds * 1e3:.1f} | "
+            f"{ratio:.2f} | {_met(ratio <= GOAL_SERVING_OVER_STORE_COLD)} | {steps} |"
+        )
+    if report.parallel is not None:
+        p = report.parallel
+        lines += [
+            "",
+            f"Concurrent misses of {len(p.experts)} different experts (one socket each): wall "
+            f"{p.wall_s * 1e3:.0f} ms against {p.sum_single_s * 1e3:.0f} ms for the same misses one by one: "
+            f"overlap {p.overlap:.2f} (1 = serial, {len(p.experts)} = perfect). Two requests missing the "
+            f"same expert at once read the STORE {p.same_expert_store_reads} time(s) (goal: 1).",
+        ]
+    return [*lines, ""]
 
 
 def _honesty_note(report: SwitchReport) -> str:

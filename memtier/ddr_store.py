@@ -18,7 +18,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from memtier.lru import AllPinnedError, ByteBudgetLRU
-from memtier.store import checkpoint_info, read_weights
+from memtier.store import checkpoint_info, model_config_dict, read_weights
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "coe"
@@ -26,16 +26,6 @@ NAMESPACE = "coe"
 
 def ddr_store_name(cluster: str, node_id: str) -> str:
     return f"coe_ddr_{cluster}_{node_id}"
-
-
-def _config_dict(checkpoint: str) -> dict | None:
-    """The model config travels with the weights, so sockets need no STORE access."""
-    import json
-    from pathlib import Path
-
-    path = Path(checkpoint)
-    config_file = (path if path.is_dir() else path.parent) / "config.json"
-    return json.loads(config_file.read_text()) if config_file.exists() else None
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -61,6 +51,7 @@ class DDRStore:
         self._locks: dict[str, asyncio.Lock] = {}
         self._room = asyncio.Condition()
         self._sizes: dict[str, int] = {}
+        self._memtier = None  # MemTier's handle, looked up once (see _report)
 
     def _size(self, expert: str) -> int:
         if expert not in self._sizes:
@@ -75,20 +66,24 @@ class DDRStore:
         The ref is wrapped in a list so Ray hands it over instead of resolving it here.
         """
         started = time.perf_counter()
-        store_read = await self._ensure(expert, pin=True)
+        parts_s: dict[str, float] = {}
+        store_read = await self._ensure(expert, pin=True, parts_s=parts_s)
         try:
             ref = self.refs[expert]
         finally:
             self.lru.unpin(expert)
             async with self._room:
                 self._room.notify_all()
-        return {"ref": [ref], "store_read": store_read, "seconds": time.perf_counter() - started}
+        seconds = time.perf_counter() - started
+        return {"ref": [ref], "store_read": store_read, "seconds": seconds, "parts_s": parts_s}
 
     async def prefetch(self, expert: str) -> bool:
         """Warm DDR with `expert`; True if that took a STORE read."""
         return await self._ensure(expert, pin=False)
 
-    async def _ensure(self, expert: str, *, pin: bool) -> bool:
+    async def _ensure(self, expert: str, *, pin: bool, parts_s: dict[str, float] | None = None) -> bool:
+        parts_s = {} if parts_s is None else parts_s
+        started = time.perf_counter()
         lock = self._locks.setdefault(expert, asyncio.Lock())
         async with lock:
             # Look again under the lock: a concurrent caller may have just loaded it.
@@ -99,8 +94,9 @@ class DDRStore:
                 return False
             size = self._size(expert)
             evicted = await self._reserve(expert, size)
+            parts_s["store_wait"] = time.perf_counter() - started
             try:
-                weights = await asyncio.to_thread(self._read_and_put, expert)
+                weights = await asyncio.to_thread(self._read_and_put, expert, parts_s)
             except BaseException:
                 self.lru.unpin(expert)
                 self.lru.remove(expert)
@@ -126,26 +122,40 @@ class DDRStore:
             self.refs.pop(victim, None)  # the object is freed once no socket still maps it
         return victims
 
-    def _read_and_put(self, expert: str) -> ray.ObjectRef:
+    def _read_and_put(self, expert: str, parts_s: dict[str, float]) -> ray.ObjectRef:
+        started = time.perf_counter()
         checkpoint = self.checkpoints[expert]
         weights = read_weights(checkpoint)
+        parts_s["read"] = time.perf_counter() - started
         # Plain ndarrays, not np.memmap views: Ray stores those out of band and hands sockets on this
         # node zero-copy views; a memmap subclass would be pickled and copied on every ray.get.
         payload = {
             "arrays": {name: np.asarray(array) for name, array in weights.arrays.items()},
             "dtypes": weights.torch_dtypes,
-            "config": _config_dict(checkpoint),
+            "config": model_config_dict(checkpoint),
         }
-        return ray.put(payload)
+        put_started = time.perf_counter()
+        ref = ray.put(payload)
+        parts_s["put"] = time.perf_counter() - put_started
+        return ref
 
     def _report(self, store_reads: int = 0, bytes_read: int = 0, evictions: int = 0) -> None:
+        """Tell MemTier what this node's DDR holds now (fire and forget).
+
+        The handle is cached: `ray.get_actor` is a blocking GCS lookup, and on the miss path it
+        cost ~30 ms of a 25 MB expert's ~70 ms fetch (bench.switch `serving_store`). A restarted
+        MemTier keeps its name, so the cached handle reaches the new instance.
+        """
         if self.memtier_name is None:
             return
-        try:
-            memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
-        except ValueError:
-            return
-        memtier.ddr_report.remote(self.node_id, self.lru.keys_lru_order(), store_reads, bytes_read, evictions)
+        if self._memtier is None:
+            try:
+                self._memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
+            except ValueError:
+                return
+        self._memtier.ddr_report.remote(
+            self.node_id, self.lru.keys_lru_order(), store_reads, bytes_read, evictions
+        )
 
     def evict(self, expert: str) -> bool:
         if expert not in self.lru or self.lru.is_pinned(expert):

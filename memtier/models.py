@@ -49,6 +49,12 @@ class ActivationReport(BaseModel):
     store_read: bool = Field(False, description="The node's DDR had to read the STORE for it.")
     evicted: list[str] = Field(default_factory=list)
     residents: list[str] = Field(default_factory=list, description="Socket residents after activation.")
+    parts_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per step of a page-in (fetch: DDR store round trip, inside it store_wait, "
+        "read and put on a STORE miss; map: ray.get of the ref; materialize), so a slow switch says "
+        "where its time went.",
+    )
 
 
 class TierCounters(BaseModel):

@@ -40,13 +40,14 @@ class SocketAgent:
         self.heartbeat_s = heartbeat_s
         self.memtier_name = memtier_actor_name(config.name)
         checkpoints = {e.id: str(config.checkpoint_path(e)) for e in config.experts}
+        self._checkpoints = checkpoints
         device = device or config.topology.device
         if device == "cuda":
             device = f"cuda:{torch.cuda.current_device()}"
         self.residency = SocketResidency(
             socket_id,
             self.node_id,
-            config.topology.hbm_per_socket,
+            config.topology.weights_per_socket,  # the KV reserve is the socket engine's
             {e.id: e.size_bytes for e in config.experts},
             ddr_fetcher(
                 config.name, self.node_id, config.topology.ddr_per_node, checkpoints, self.memtier_name
@@ -55,6 +56,7 @@ class SocketAgent:
             dtypes={e.id: getattr(torch, e.dtype) for e in config.experts},
         )
         self._heartbeat_task: asyncio.Task | None = None
+        self._warm_task: asyncio.Task | None = None
         self._memtier = None
 
     def _get_memtier(self):
@@ -65,8 +67,46 @@ class SocketAgent:
     async def start(self) -> None:
         """Register now and heartbeat from then on (also how a restarted MemTier relearns us)."""
         await self._get_memtier().heartbeat.remote(self.residency.info())
+        loop = asyncio.get_running_loop()
         if self._heartbeat_task is None:
-            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_forever())
+            self._heartbeat_task = loop.create_task(self._heartbeat_forever())
+        if self._warm_task is None:
+            self._warm_task = loop.create_task(self.warm())
+
+    async def warmed(self) -> int:
+        """Wait for the start-up warm-up (skeletons built); 0 if `start` has not run."""
+        return await self._warm_task if self._warm_task is not None else 0
+
+    async def warm(self) -> int:
+        """Take the one-off costs of a first page-in off the request path; returns skeletons built.
+
+        Traced on `make serve` (bench/results/switch.md, "serving miss"): a socket's first STORE
+        miss spent ~2-3 s starting the node's DDR store actor and ~4 s building its first model
+        skeleton, against ~0.6 s for the bytes themselves. Both are started here, in the
+        background, when the socket registers. A socket that cannot read the STORE's configs
+        (they travel with the weights) simply skips the skeletons.
+        """
+        from memtier.ddr_store import ddr_store_for_node
+        from memtier.store import model_config_dict
+
+        topology = self.config.topology
+        store = ddr_store_for_node(
+            self.config.name, self.node_id, topology.ddr_per_node, self._checkpoints, self.memtier_name
+        )
+        try:
+            await store.residents.remote()
+        except Exception as err:  # the first fetch will retry creating it
+            logger.warning("DDR store warm-up failed: %s", err)
+        built = 0
+        for expert in self.config.experts:  # one skeleton per architecture: warm() skips pooled ones
+            try:
+                config_dict = await asyncio.to_thread(model_config_dict, self._checkpoints[expert.id])
+            except OSError:
+                continue
+            if config_dict is not None:
+                dtype = getattr(torch, expert.dtype)
+                built += await asyncio.to_thread(self.residency.materializer.warm, config_dict, dtype)
+        return built
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -76,6 +116,13 @@ class SocketAgent:
             except Exception as err:  # MemTier restarting: keep trying, it will come back
                 logger.warning("memtier heartbeat failed: %s", err)
                 self._memtier = None
+
+    async def drop(self, expert: str) -> bool:
+        """Evict an unused expert and tell MemTier at once (not at the next heartbeat)."""
+        dropped = await self.residency.drop(expert)
+        if dropped:
+            await self._get_memtier().heartbeat.remote(self.residency.info())
+        return dropped
 
     @contextlib.asynccontextmanager
     async def leased(self, lease: Lease) -> AsyncIterator[tuple[Materialized, ActivationReport]]:
@@ -104,8 +151,10 @@ class SocketActor:
     def __init__(self, config: ClusterConfig, socket_id: str, heartbeat_s: float = 0.5) -> None:
         self.agent = SocketAgent(config, socket_id, heartbeat_s=heartbeat_s)
 
-    async def start(self) -> str:
+    async def start(self, wait_warm: bool = False) -> str:
         await self.agent.start()
+        if wait_warm:
+            await self.agent.warmed()
         return self.agent.node_id
 
     async def run(self, lease: Lease, hold_s: float = 0.0, generate_tokens: int = 0) -> dict:
@@ -129,6 +178,9 @@ class SocketActor:
                 "over_budget": over_budget,
                 "residents": residency.info().residents,
             }
+
+    async def drop(self, expert: str) -> bool:
+        return await self.agent.drop(expert)
 
     def info(self) -> dict:
         return self.agent.residency.info().model_dump()

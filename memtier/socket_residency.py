@@ -126,14 +126,23 @@ class SocketResidency:
     async def _page_in(self, expert: str, evicted: list[str]) -> tuple[Materialized, ActivationReport]:
         started = time.perf_counter()
         future = self._loading[expert]
+        parts_s: dict[str, float] = {}
         try:
             fetched = await self.fetch_from_ddr(expert)
+            fetched_at = time.perf_counter()
             payload = await fetched["ref"][0]
+            mapped_at = time.perf_counter()
             weights = ExpertWeights(arrays=payload["arrays"], torch_dtypes=payload["dtypes"])
             dtype = self.dtypes.get(expert, torch.bfloat16)
             materialized = await asyncio.to_thread(
                 self.materializer.materialize, expert, weights, payload["config"], dtype
             )
+            parts_s = {
+                **fetched.get("parts_s", {}),
+                "fetch": fetched_at - started,
+                "map": mapped_at - fetched_at,
+                "materialize": time.perf_counter() - mapped_at,
+            }
         except BaseException as err:
             async with self._condition():
                 self._loading.pop(expert, None)
@@ -148,9 +157,11 @@ class SocketResidency:
         future.set_result(True)
         self.activations += 1
         tier: Tier = "store" if fetched["store_read"] else "ddr"
-        return materialized, self._report(
+        report = self._report(
             tier, time.perf_counter() - started, materialized.size_bytes, fetched["store_read"], evicted
         )
+        report.parts_s = parts_s
+        return materialized, report
 
     def _report(
         self, tier: Tier, switch_s: float, bytes_moved: int, store_read: bool, evicted: list[str]
@@ -163,6 +174,20 @@ class SocketResidency:
             evicted=evicted,
             residents=self.info().residents,
         )
+
+    async def drop(self, expert: str) -> bool:
+        """Evict `expert` now if it is resident and no request uses it; True if it was dropped.
+
+        For admission (a one-off expert is served, then dropped so it does not displace hotter
+        ones) and for benches that need a cold socket; a pinned or loading expert stays.
+        """
+        async with self._condition():
+            if expert not in self.models or self.lru.is_pinned(expert) or expert in self._loading:
+                return False
+            self.lru.remove(expert)
+            self._free(expert)
+            self._condition().notify_all()
+            return True
 
     async def release(self, expert: str) -> None:
         async with self._condition():

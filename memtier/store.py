@@ -141,6 +141,17 @@ def _read_gguf(file: Path) -> ExpertWeights:
     return from_state_dict(dict(loaded["tensors"]))
 
 
+def model_config_dict(path: str | Path) -> dict | None:
+    """The checkpoint's `config.json` as a dict (None if it has none).
+
+    It travels with the weights into DDR, so sockets need no STORE access to build the model; a
+    socket that can read it anyway pre-builds its skeletons from it at start (`Materializer.warm`).
+    """
+    path = Path(path)
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    return json.loads(config_file.read_text()) if config_file.exists() else None
+
+
 def read_weights(path: str | Path) -> ExpertWeights:
     """All of an expert's tensors as name -> array; safetensors are memory-mapped, not read."""
     path = Path(path)
