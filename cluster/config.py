@@ -110,6 +110,68 @@ class LimitsConfig(_Strict):
         description="How long a request waits for a socket with room (all HBM pinned) before a 503 / "
         "UNAVAILABLE: long enough to ride out a burst, short enough that clients can back off.",
     )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Work requests (generation, routing) one ingress replica runs at once. None = total "
+        "sockets x serve.max_ongoing_requests: what the sockets can work on together; more only waits.",
+    )
+    max_queued: int = Field(
+        64,
+        ge=0,
+        description="Work requests waiting for a slot beyond max_in_flight. One more is refused at once "
+        "(503 + Retry-After) instead of queuing until it times out: at 10x overload clients hear 'back "
+        "off' in milliseconds. 64 = one more full round of the demo's 8 sockets x 8.",
+    )
+    max_queue_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a queued request waits for a slot before a 503; as place_timeout_s, long "
+        "enough to ride out a burst.",
+    )
+    overload_retry_after_s: float = Field(
+        1.0, gt=0, description="Retry-After on a 503 from a full queue: about one short request's time."
+    )
+
+
+class SecurityConfig(_Strict):
+    """API keys and per-key rate limits, checked at the ingress before any tokenizer or model work.
+
+    Keys never sit in this file: it travels in plain text (a ConfigMap, Serve's app config, the
+    dashboard). The ingress reads them from the environment variable or file named here.
+    """
+
+    api_key_env: str = Field(
+        "COE_API_KEY",
+        description="Variable holding the API keys (one, or a comma-separated list), read in the ingress "
+        "replica's process; in Kubernetes a Secret sets it in the pods. Unset = no auth (the local demo).",
+    )
+    api_keys_file: str | None = Field(
+        None,
+        description="A file of keys (comma or newline separated), e.g. a Secret mounted as a volume; its "
+        "keys add to the variable's. None = the variable alone.",
+    )
+    require_api_key: bool = Field(
+        False,
+        description="Refuse to start without a key. False keeps `make serve` open as a local demo; "
+        "k8s-gpu.yaml sets true so a missing Secret fails loudly instead of serving everyone.",
+    )
+    requests_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Sustained requests/s per key (per client address when auth is off), any /v1 route; "
+        "over it a 429 with Retry-After. None = no limit, as the local demo.",
+    )
+    request_burst: int = Field(
+        20, ge=1, description="Requests a key may send at once above requests_per_s (the bucket's size)."
+    )
+    tokens_per_min: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens/min per key. A request is charged prompt bytes / 4 plus max_tokens when it "
+        "arrives, as OpenAI estimates it: no tokenizer runs before a request may be refused. "
+        "None = no limit.",
+    )
 
 
 class ServeConfig(_Strict):
@@ -140,6 +202,7 @@ class ClusterConfig(_Strict):
     experts: list[ExpertConfig] = Field(min_length=1)
     router: RouterConfig
     limits: LimitsConfig = LimitsConfig()
+    security: SecurityConfig = SecurityConfig()
     serve: ServeConfig = ServeConfig()
 
     @property

@@ -76,9 +76,52 @@ class DeadlineExceeded(CoEError):
     code = "timeout"
 
 
+class BodyTooLarge(LimitExceeded):
+    """The body is over `limits.max_body_bytes`: refused before it is read in full, let alone parsed."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class Unauthorized(CoEError):
+    """No API key, or not one of ours (OpenAI answers 401 `invalid_api_key`)."""
+
+    status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class RateLimited(CoEError):
+    """The caller's key is over its requests/s or tokens/min; `retry_after_s` says when it is not.
+
+    gRPC: RESOURCE_EXHAUSTED, the code Serve's own proxy uses for backpressure, so a client backs
+    off on one code whichever layer refused it.
+    """
+
+    status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(CoEError):
+    """The ingress admission queue is full (or its wait ran out): refused at once, with Retry-After."""
+
+    status = 503
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    type = "server_error"
+    code = "overloaded"
+
+
 def error_body(err: CoEError) -> dict:
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def http_headers(err: CoEError) -> dict[str, str] | None:
+    """`Retry-After` (whole seconds, at least 1) on the errors a client should retry later."""
+    return {"retry-after": str(max(1, round(err.retry_after_s)))} if err.retry_after_s else None
 
 
 def internal_error(err: BaseException) -> CoEError:

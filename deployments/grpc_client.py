@@ -8,8 +8,9 @@
 
 Every call sends the metadata ("application", APP): Serve's gRPC proxy picks the application by
 it, and without it a cluster serving several apps answers NOT_FOUND. APP is the config's
-`serve.app_name` ("coe" unless changed; `--config` reads it). Serve's proxy has no TLS: reach it
-inside the cluster or through a TLS-terminating gateway.
+`serve.app_name` ("coe" unless changed; `--config` reads it). With API keys on, it also sends
+("authorization", "Bearer KEY"): KEY is `api_key`, else the first key in $COE_API_KEY. Serve's proxy
+has no TLS: reach it inside the cluster or through a TLS-terminating gateway.
 
 Python:
 
@@ -68,15 +69,28 @@ def generate_request(
     return request
 
 
+def env_api_key() -> str | None:
+    """The key a client sends by default: the first in $COE_API_KEY, the server's own variable."""
+    keys = [k.strip() for k in os.environ.get("COE_API_KEY", "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
 class CoEClient:
     """A channel to one CoE deployment; `timeout_s` is the deadline of each call (None: none)."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, app: str = DEFAULT_APP, timeout_s: float | None = None
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        app: str = DEFAULT_APP,
+        timeout_s: float | None = None,
+        api_key: str | None = None,
     ):
         self.channel = grpc.insecure_channel(target)
         self.stub = coe_pb2_grpc.CoEStub(self.channel)
-        self.metadata = (("application", app),)
+        api_key = api_key or env_api_key()
+        auth = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.metadata = (("application", app), *auth)
         self.timeout_s = timeout_s
 
     def __enter__(self) -> CoEClient:

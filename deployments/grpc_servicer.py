@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from ray.serve.grpc_util import RayServegRPCContext
 
 from deployments.errors import CoEError, InvalidRequest, internal_error, schema_error
+from deployments.gate import gated
 from deployments.grpc_stubs import coe_pb2
 from deployments.openai_models import ChatCompletionRequest, CoEInfo, CompletionRequest, RouteRequest
 from deployments.service import COE_MODEL
@@ -41,6 +42,7 @@ from deployments.wire import GenerationRequest
 
 if TYPE_CHECKING:
     from cluster.config import ClusterConfig
+    from deployments.gate import Gate
     from deployments.service import CoEService, Prepared
 
 logger = logging.getLogger("ray.serve")
@@ -119,7 +121,9 @@ class GrpcServicerMixin:
 
     config: ClusterConfig
     service: CoEService
+    gate: Gate
 
+    @gated(work=True)
     async def Generate(
         self, request: coe_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> coe_pb2.GenerateReply:
@@ -141,6 +145,7 @@ class GrpcServicerMixin:
         except Exception as err:
             grpc_abort(grpc_context, err)
 
+    @gated(work=True)
     async def GenerateStream(
         self, request: coe_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[coe_pb2.GenerateChunk]:
@@ -170,6 +175,7 @@ class GrpcServicerMixin:
         if not finished:  # the socket ended without a finish_reason: still close with the usage
             yield coe_pb2.GenerateChunk(finish_reason="stop", usage=_usage(prepared, tokens))
 
+    @gated(work=True)
     async def Route(
         self, request: coe_pb2.RouteRequest, grpc_context: RayServegRPCContext
     ) -> coe_pb2.RouteReply:
@@ -196,6 +202,7 @@ class GrpcServicerMixin:
         except Exception as err:
             grpc_abort(grpc_context, err)
 
+    @gated(work=False)
     async def ListExperts(
         self, request: coe_pb2.ListExpertsRequest, grpc_context: RayServegRPCContext
     ) -> coe_pb2.ListExpertsReply:
@@ -217,6 +224,7 @@ class GrpcServicerMixin:
         except Exception as err:
             grpc_abort(grpc_context, err)
 
+    @gated(work=False)
     async def MemtierStatus(
         self, request: coe_pb2.MemtierStatusRequest, grpc_context: RayServegRPCContext
     ) -> coe_pb2.MemtierStatusReply:

@@ -18,13 +18,14 @@ from ray import serve
 
 from cluster.config import ClusterConfig
 from deployments.errors import (
+    BodyTooLarge,
     CoEError,
     InvalidRequest,
-    LimitExceeded,
     error_body,
     internal_error,
     schema_error,
 )
+from deployments.gate import Gate, GateMiddleware
 from deployments.grpc_servicer import GrpcServicerMixin
 from deployments.openai_models import (
     ChatCompletionRequest,
@@ -37,6 +38,7 @@ from deployments.service import COE_MODEL, CoEService, Prepared
 
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="CoE Serve", description="Composition-of-Experts serving with three-tier expert paging")
+app.add_middleware(GateMiddleware)  # API keys, rate limits, admission: before any handler (gate.py)
 
 
 def _error_response(err: CoEError) -> JSONResponse:
@@ -59,6 +61,7 @@ def _sse(data: dict | str) -> str:
 class CoERouter(GrpcServicerMixin):
     def __init__(self, config: ClusterConfig, sockets) -> None:
         self.config = config
+        self.gate = app.state.coe_gate = Gate.from_config(config)  # one replica per process
         self.service = CoEService(config, sockets)
         self.started_s = time.time()
 
@@ -67,10 +70,10 @@ class CoERouter(GrpcServicerMixin):
         limit = self.config.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise LimitExceeded(f"request body is {declared} bytes, the limit is {limit}", param="body")
+            raise BodyTooLarge(f"request body is {declared} bytes, the limit is {limit}", param="body")
         body = await request.body()
         if len(body) > limit:
-            raise LimitExceeded(f"request body is {len(body)} bytes, the limit is {limit}", param="body")
+            raise BodyTooLarge(f"request body is {len(body)} bytes, the limit is {limit}", param="body")
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -141,13 +141,13 @@ def test_prompt_over_the_token_limit_is_400(client):
     assert status == 400 and "tokens" in error["message"]
 
 
-def test_body_over_the_size_limit_is_400(rig):
+def test_body_over_the_size_limit_is_413(rig):
     response = httpx.post(
         f"{rig.base_url}/v1/chat/completions",
         content=b"{" + b" " * 70_000 + b"}",
         headers={"content-type": "application/json"},
     )
-    assert response.status_code == 400 and response.json()["error"]["param"] == "body"
+    assert response.status_code == 413 and response.json()["error"]["param"] == "body"
 
 
 @pytest.mark.parametrize(
