@@ -51,20 +51,24 @@ def wait_until_ready(base_url: str, expected_sockets: int, timeout_s: float = 60
     raise TimeoutError(f"sockets did not register within {timeout_s}s")
 
 
-def examples(base_url: str, expert: str) -> str:
+def examples(base_url: str, expert: str, auth_line: str = "", key_env: str | None = None) -> str:
+    """The banner; `key_env` names the variable clients read their key from when auth is on."""
+    header = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
+    api_key = f"os.environ['{key_env}']" if key_env else "'none'"
     return f"""
 CoE Serve is up at {base_url}  (OpenAI API under {base_url}/v1)
+{auth_line}
 
-  curl {base_url}/v1/chat/completions -H 'content-type: application/json' \\
+  curl {base_url}/v1/chat/completions{header} -H 'content-type: application/json' \\
     -d '{{"model": "coe", "max_tokens": 32,
          "messages": [{{"role": "user", "content": "What is the derivative of x^2?"}}]}}'
 
-  python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key='none'); \\
+  python -c "import os; from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key={api_key}); \\
 r = c.chat.completions.create(model='{expert}', max_tokens=16, \\
 messages=[{{'role': 'user', 'content': 'Hello!'}}]); print(r.choices[0].message.content)"
 
-  curl {base_url}/v1/memtier      # residency per node and socket, hit rates
-  curl {base_url}/v1/models       # every expert, plus "coe" (auto-routed)
+  curl{header} {base_url}/v1/memtier      # residency per node and socket, hit rates
+  curl{header} {base_url}/v1/models       # every expert, plus "coe" (auto-routed)
 
 Ctrl-C stops the cluster.
 """
@@ -80,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from cluster.api_keys import auth_banner, load_api_keys
     from cluster.config import load_config
     from cluster.local import start_local_ray
     from cluster.serve_app import deploy_application
 
     config = load_config(args.config)
+    keys = load_api_keys(config.security)  # refuses to start on a set-but-empty variable
+    auth_line = auth_banner(config.security)
     start_local_ray(config)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -94,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         base_url = f"http://{config.serve.http_host}:{config.serve.http_port}"
         print(f"deployed; waiting for {config.topology.total_sockets} sockets to register ...")
         wait_until_ready(base_url, config.topology.total_sockets)
-        print(examples(base_url, config.experts[0].id), flush=True)
+        key_env = config.security.api_key_env if keys else None
+        print(examples(base_url, config.experts[0].id, auth_line, key_env), flush=True)
         while not stop.is_set() and not args.exit_after_ready:
             stop.wait(1)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.conftest import CONFIGS
 from tests.serving_rig import free_port
 
 BIN = Path(sys.executable).parent
+OPEN_ENV = {k: v for k, v in os.environ.items() if k != "COE_API_KEY"}  # the local demo: no key
 
 
 def _one_node_tiny(tmp_path: Path) -> tuple[Path, int]:
@@ -36,9 +38,11 @@ def test_coe_up_serves_prints_examples_and_shuts_down(tmp_path, tiny_zoo, router
         capture_output=True,
         text=True,
         timeout=600,
+        env=OPEN_ENV,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"CoE Serve is up at http://127.0.0.1:{http_port}" in done.stdout
+    assert "API keys: OFF" in done.stdout and "set COE_API_KEY" in done.stdout  # says it is open
     assert "curl http://127.0.0.1:" in done.stdout and "from openai import OpenAI" in done.stdout
     with pytest.raises(httpx.HTTPError):  # shut down cleanly: nothing listens any more
         httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2)
@@ -52,6 +56,19 @@ def test_coe_up_refuses_a_multi_node_config_locally(tiny_zoo, router_artifact):
         timeout=300,
     )
     assert done.returncode != 0 and "cluster.deploy" in done.stdout + done.stderr
+
+
+def test_coe_up_refuses_an_empty_api_key_variable_before_starting_ray(tmp_path, tiny_zoo, router_artifact):
+    config, _ = _one_node_tiny(tmp_path)
+    done = subprocess.run(
+        [str(BIN / "coe"), "up", "--config", str(config), "--exit-after-ready"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**OPEN_ENV, "COE_API_KEY": " "},  # a Secret that did not arrive: never serve open by accident
+    )
+    assert done.returncode != 0 and "COE_API_KEY is set but holds no key" in done.stderr
+    assert "starting local Ray" not in done.stdout
 
 
 def test_serve_config_parses_with_rays_schema(tmp_path, capsys, tiny_zoo):
