@@ -12,7 +12,8 @@ with the cluster config they serve. This module closes those gaps without a clus
 3. Across documents: the cluster config each app or job names (`args.config`, `--config`) must be
    mounted from a ConfigMap on every pod, must load (`config_from_dict`), and the pods must match
    it: `coe_socket` and GPUs per pod = sockets_per_node, worker pods = nodes, object store >= DDR.
-   Token auth on, dashboard not published.
+   Token auth on, dashboard not published. API keys on (`security.require_api_key`), the key in
+   every Ray container from a Secret (never a literal), and a committed Secret holding no key.
 
 `python -m cluster.manifests k8s/` runs all of it and exits 1 on any problem. Without the CRDs
 (a fresh clone has no shared/ beside it) step 1 cannot run: the CLI says which variable to set, and
@@ -251,6 +252,19 @@ def _validator(directory: str, api_version: str, kind: str) -> jsonschema.Draft7
                 "kind": {"type": "string"},
                 "data": _STRING_MAP,
                 "binaryData": _STRING_MAP,
+                "immutable": {"type": "boolean"},
+            },
+        }
+    elif (api_version, kind) == ("v1", "Secret"):
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "type": {"type": "string"},
+                "data": _STRING_MAP,
+                "stringData": _STRING_MAP,
                 "immutable": {"type": "boolean"},
             },
         }
@@ -800,6 +814,11 @@ def _cross_problems(docs: list[tuple[str, dict]]) -> list[Problem]:
         for where, doc in docs
         if doc.get("kind") == "ConfigMap"
     }
+    secrets = {
+        (doc.get("metadata") or {}).get("name"): (where, doc)
+        for where, doc in docs
+        if doc.get("kind") == "Secret"
+    }
     for use in _cluster_uses(docs, problems):
         _check_policy(use)
         for file, named_at in use.configs:
@@ -808,8 +827,83 @@ def _cross_problems(docs: list[tuple[str, dict]]) -> list[Problem]:
                 problems += config_problems
                 if config is not None:
                     _check_fit(use, config, f"ConfigMap {name} {key}")
+                    problems += _check_api_keys(use, config, secrets, (name, key, configmaps))
         problems += use.problems
+    problems += _committed_secret_problems(secrets)
     return problems
+
+
+def _check_api_keys(
+    use: _ClusterUse, config: Any, secrets: dict[str, tuple[str, dict]], source: tuple[str, str, dict]
+) -> list[Problem]:
+    """A cluster runs with API keys on, and every Ray pod gets the key from a Secret.
+
+    Every pod, because Serve may place the ingress replica on any of them. The key arrives as the
+    variable `security.api_key_env` (env valueFrom.secretKeyRef) or as `security.api_keys_file`
+    on a Secret volume; a literal value would put the key in git and in `kubectl get -o yaml`.
+    """
+    security, problems = config.security, []
+    name, key, configmaps = source
+    if not security.require_api_key:
+        where = configmaps[name][0] if name in configmaps else f"ConfigMap {name}"
+        problems.append(
+            Problem(
+                where,
+                format_path(["data", key, "security", "require_api_key"]),
+                "must be true on a cluster: anyone who reaches the Serve ports could use every expert, "
+                "and a missing Secret would go unnoticed",
+            )
+        )
+    for group in use.groups:
+        env = group.container.get("env") or []
+        found = [(i, e) for i, e in enumerate(env) if e.get("name") == security.api_key_env]
+        mounted = security.api_keys_file and group.mount_for(security.api_keys_file)
+        if mounted and "secret" in mounted[1]:
+            continue
+        if not found:
+            use.report(
+                group.in_container("env"),
+                f"must set {security.api_key_env} from a Secret (valueFrom.secretKeyRef): Serve may run "
+                f"the ingress on this pod, and without a key it refuses to start",
+            )
+            continue
+        index, entry = found[0]
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef") or {}
+        if "value" in entry or not ref:
+            use.report(
+                group.in_container("env", index),
+                "the API key must come from a Secret (valueFrom.secretKeyRef), never a literal value",
+            )
+        elif secrets and ref.get("name") not in secrets:
+            use.report(
+                group.in_container("env", index, "valueFrom", "secretKeyRef", "name"),
+                f"no Secret named {ref.get('name')!r} among these manifests (known: {sorted(secrets)})",
+            )
+        elif secrets:
+            doc = secrets[ref["name"]][1]
+            keys = {*(doc.get("data") or {}), *(doc.get("stringData") or {})}
+            if ref.get("key") not in keys:
+                use.report(
+                    group.in_container("env", index, "valueFrom", "secretKeyRef", "key"),
+                    f"Secret {ref['name']!r} has no key {ref.get('key')!r} (it has {sorted(keys)})",
+                )
+    return problems
+
+
+def _committed_secret_problems(secrets: dict[str, tuple[str, dict]]) -> list[Problem]:
+    """A Secret in the repository is a template: a real key committed there is a leaked key."""
+    return [
+        Problem(
+            where,
+            format_path([section, name]),
+            "holds a value: never commit a key; create the "
+            "Secret with kubectl (k8s/README.md) and leave this template empty",
+        )
+        for where, doc in secrets.values()
+        for section in ("data", "stringData")
+        for name, value in (doc.get(section) or {}).items()
+        if value
+    ]
 
 
 # --------------------------------------------------------------------------- files and CLI

@@ -74,7 +74,9 @@ def _worker(spec: dict) -> dict:
 # --------------------------------------------------------------------------- the real manifests
 
 
-KINDS = ["ConfigMap", "Kustomization", "PersistentVolumeClaim", "RayCluster", "RayJob", "RayService"]
+KINDS = [
+    "ConfigMap", "Kustomization", "PersistentVolumeClaim", "RayCluster", "RayJob", "RayService", "Secret",
+]
 
 
 @needs_crds
@@ -171,7 +173,24 @@ def test_token_auth_is_on_and_only_serve_ports_are_published(rayservice: dict):
 
 def test_kustomization_applies_one_route_only():
     kustomization = _load("kustomization.yaml")
+    # secret.yaml is a template: `kubectl apply -k` must never overwrite the real key with it
     assert set(kustomization["resources"]) == {"configmap.yaml", "pvc.yaml", "rayservice.yaml"}
+
+
+def _ray_containers(spec: dict) -> list[dict]:
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [group["template"]["spec"]["containers"][0] for group in groups]
+
+
+def test_every_ray_pod_takes_the_api_key_from_the_secret_and_the_config_requires_one(rayservice, config):
+    secret = _load("secret.yaml")
+    assert config.security.require_api_key
+    for spec in (rayservice["spec"]["rayClusterConfig"], _load("raycluster.yaml")["spec"]):
+        for container in _ray_containers(spec):
+            (entry,) = [e for e in container["env"] if e["name"] == config.security.api_key_env]
+            ref = entry["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": secret["metadata"]["name"], "key": "COE_API_KEY"} and "value" not in entry
+    assert secret["stringData"] == {"COE_API_KEY": ""}  # the committed template holds no key
 
 
 # --------------------------------------------------------------------------- one broken document
@@ -267,13 +286,17 @@ def _broken_folder(tmp_path: Path, name: str, change: Callable[[dict], None]) ->
     return folder
 
 
-def _configmap_topology(key: str, value: object) -> Callable[[dict], None]:
+def _configmap_section(section: str, key: str, value: object) -> Callable[[dict], None]:
     def change(doc: dict) -> None:
         config = yaml.safe_load(doc["data"]["cluster.yaml"])
-        config["topology"][key] = value
+        config.setdefault(section, {})[key] = value
         doc["data"]["cluster.yaml"] = yaml.safe_dump(config)
 
     return change
+
+
+def _configmap_topology(key: str, value: object) -> Callable[[dict], None]:
+    return _configmap_section("topology", key, value)
 
 
 SOCKETS_4 = r'"{\"coe_socket\": 4}"'
@@ -308,6 +331,36 @@ BROKEN_FOLDERS = {
     "serveConfigV2 disagrees with the config": (
         "rayservice.yaml", _set_serve("port: 9000", "port: 9001"),
         "spec.serveConfigV2.grpc_options.port", "the cluster config says 9000"),
+    "API key as a literal": (
+        "rayservice.yaml",
+        lambda d: _container_of(d)["env"].__setitem__(1, {"name": "COE_API_KEY", "value": "sk-live-123"}),
+        "workerGroupSpecs[0].template.spec.containers[0].env[1]",
+        "never a literal value",
+    ),
+    "API key missing on a worker": (
+        "raycluster.yaml",
+        lambda d: d["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"].pop(1),
+        "spec.workerGroupSpecs[0].template.spec.containers[0].env",
+        "must set COE_API_KEY from a Secret",
+    ),
+    "API key from an unknown Secret": (
+        "rayservice.yaml",
+        lambda d: _container_of(d)["env"][1]["valueFrom"]["secretKeyRef"].update(name="nope"),
+        "env[1].valueFrom.secretKeyRef.name",
+        "no Secret named 'nope'",
+    ),
+    "cluster config runs open": (
+        "configmap.yaml",
+        _configmap_section("security", "require_api_key", False),
+        'data["cluster.yaml"].security.require_api_key',
+        "must be true on a cluster",
+    ),
+    "a key committed in the Secret": (
+        "secret.yaml",
+        lambda d: d["stringData"].update(COE_API_KEY="sk-live-123"),
+        "stringData.COE_API_KEY",
+        "never commit a key",
+    ),
     "rayjob selects no cluster": (
         "rayjob.yaml", lambda d: d["spec"].update(clusterSelector={"ray.io/cluster": "nope"}),
         'spec.clusterSelector["ray.io/cluster"]', "no RayCluster named 'nope'"),
