@@ -12,9 +12,12 @@ numbers, *before* anything changes (as vLLM's ``block_pool.py`` refuses an alloc
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from memtier.policy import EvictionPolicy
 
 K = TypeVar("K", bound=Hashable)
 
@@ -64,18 +67,24 @@ class _Entry:
 
 
 class ByteBudgetLRU(Generic[K]):
-    """LRU over byte sizes, where pinned entries are never evicted.
+    """A byte budget over entries in LRU order, where pinned entries are never evicted.
 
     Recency changes only on ``touch`` and ``insert`` (pinning is a lease, not a use; callers
     touch when they use an entry). All operations are O(1) except eviction, which walks the
     LRU order past pinned entries: amortised O(1) per evicted entry plus the pinned entries
     it skips, which are few (one lease per running request).
+
+    Victims are least recently used first unless a ``policy`` (memtier/policy.py) is given: it
+    then orders the unpinned entries and victims are taken in its order. The policy only ranks;
+    the bytes and the pins stay checked here, so no policy can overfill a budget or evict a
+    leased entry.
     """
 
-    def __init__(self, capacity_bytes: int) -> None:
+    def __init__(self, capacity_bytes: int, policy: EvictionPolicy | None = None) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self._capacity_bytes = capacity_bytes
+        self.policy = policy
         # Least recently used first; move_to_end() makes an entry the most recently used.
         self._entries: OrderedDict[K, _Entry] = OrderedDict()
         # The only two byte counters; used_bytes is their sum, never stored separately.
@@ -242,15 +251,21 @@ class ByteBudgetLRU(Generic[K]):
             )
 
     def _victims_for(self, size_bytes: int) -> list[K]:
-        """LRU-first unpinned keys whose eviction frees enough room; assumes _check_fits passed."""
+        """Unpinned keys, in eviction order, whose eviction frees enough room; assumes _check_fits passed."""
         needed_bytes = size_bytes - self.free_bytes
         victims: list[K] = []
-        for key, entry in self._entries.items():
+        if needed_bytes <= 0:
+            return victims
+        if self.policy is None:
+            order: Iterable[K] = (key for key, entry in self._entries.items() if entry.pins == 0)
+        else:
+            unpinned = [key for key, entry in self._entries.items() if entry.pins == 0]
+            order = self.policy.rank(unpinned, self.size_of)
+        for key in order:
             if needed_bytes <= 0:
                 break
-            if entry.pins == 0:
-                victims.append(key)
-                needed_bytes -= entry.size_bytes
+            victims.append(key)
+            needed_bytes -= self._entries[key].size_bytes
         return victims
 
     def _evict(self, key: K) -> None:

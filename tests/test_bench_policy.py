@@ -1,4 +1,4 @@
-"""Cache-policy replay: hand-computed traces, OPT as an upper bound, workload generators, CLI."""
+"""Cache-policy replay: hand-computed traces, OPT and PFOO-U as upper bounds, traces, CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.policy import POLICIES, BenchReport, main, replay, sweep
+from bench.policy import MIXED_POLICIES, POLICIES, BenchReport, main, opt_bound, replay, sweep
+from bench.traces import SIZE_CLASSES, bursty_trace, diurnal_trace, mixed_sizes, session_trace
 from bench.workloads import phase_shift_trace, uniform_trace, zipf_trace
 
 EXPERTS = [f"e{i:02d}" for i in range(16)]
@@ -39,15 +40,24 @@ def test_lru_and_opt_on_a_trace_where_lru_thrashes() -> None:
 
 def test_frequency_keeps_a_hot_expert_that_lru_drops() -> None:
     # capacity 2, AAABCA: LRU evicts A for C (A is least recent) and misses the last A;
-    # LFU/LFU-DA evict B (1 request) instead and hit it.
-    assert {p: hits("AAABCA", 2, p) for p in POLICIES} == {"LRU": 2, "LFU": 3, "LFU-DA": 3, "OPT": 3}
+    # LFU/LFU-DA and the CRF policies evict B (1 request) instead and hit it.
+    assert {p: hits("AAABCA", 2, p) for p in POLICIES} == {
+        "LRU": 2,
+        "LFU": 3,
+        "LFU-DA": 3,
+        "LRFU-256": 3,
+        "ADAPTIVE": 3,
+        "ADAPTIVE+ADMIT": 3,
+        "OPT": 3,
+    }
 
 
 def test_aging_forgets_stale_popularity_after_a_phase_shift() -> None:
     # capacity 2: A and B are hot (4 each), then traffic moves to C and D for good.
     # LFU keeps B (count 4) forever and thrashes C/D; LFU-DA ages A and B out like LRU does.
     trace = "AAAABBBB" + "CD" * 4
-    assert {p: hits(trace, 2, p) for p in POLICIES} == {"LRU": 12, "LFU": 6, "LFU-DA": 12, "OPT": 12}
+    got = {p: hits(trace, 2, p) for p in ("LRU", "LFU", "LFU-DA", "OPT")}
+    assert got == {"LRU": 12, "LFU": 6, "LFU-DA": 12, "OPT": 12}
 
 
 def test_unequal_sizes_evict_until_the_big_expert_fits() -> None:
@@ -70,6 +80,7 @@ def test_empty_trace_and_sweep_order() -> None:
     ("trace", "sizes", "capacity", "policy", "message"),
     [
         (["a"], {"a": 1}, 1, "FIFO", "unknown policy 'FIFO'"),
+        (["a"], {"a": 5}, 4, "OPT-BOUND", "larger than capacity_bytes=4"),
         (["a", "b"], {"a": 1}, 1, "LRU", "no size: \\['b'\\]"),
         (["a"], {"a": 5}, 4, "LRU", "larger than capacity_bytes=4.*'a' is 5 bytes"),
         (["a"], {"a": 1}, -1, "LRU", "capacity_bytes must be >= 0"),
@@ -101,16 +112,19 @@ def brute_force_max_hits(trace: tuple[str, ...], capacity: int) -> int:
 traces = st.lists(st.sampled_from("ABCDEF"), max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(trace=traces, capacity=st.integers(1, 5))
 def test_opt_hits_at_least_as_often_as_every_policy(trace: list[str], capacity: int) -> None:
     results = {p: replay(trace, unit_sizes(trace), capacity, p) for p in POLICIES}
-    for result in results.values():
+    for policy, result in results.items():
         assert result.hits + result.misses == len(trace)
         assert result.bytes_loaded == result.misses  # unit sizes
-        assert result.evictions == result.misses - min(capacity, len(set(trace)))
+        if policy != "ADAPTIVE+ADMIT":  # an admission refusal is one more (voluntary) eviction
+            assert result.evictions == result.misses - min(capacity, len(set(trace)))
     for policy in POLICIES:
         assert results["OPT"].hits >= results[policy].hits, policy
+    # PFOO-U relaxes the budget to an average over time, so it bounds even OPT from above.
+    assert opt_bound(trace, unit_sizes(trace), capacity).hits >= results["OPT"].hits
 
 
 @settings(max_examples=150, deadline=None)
@@ -124,13 +138,26 @@ def test_opt_equals_the_brute_force_optimum(trace: list[str], capacity: int) -> 
     trace=traces,
     sizes=st.fixed_dictionaries({k: st.integers(1, 4) for k in "ABCDEF"}),
     extra_bytes=st.integers(0, 8),
-    policy=st.sampled_from(POLICIES),
+    policy=st.sampled_from(MIXED_POLICIES),
 )
 def test_unequal_sizes_replay_consistently(trace, sizes, extra_bytes, policy) -> None:
     result = replay(trace, sizes, 4 + extra_bytes, policy)
     assert result.hits + result.misses == len(trace)
     # every miss loads its expert's bytes, every hit loads nothing
     assert result.bytes_loaded >= result.misses and result.bytes_loaded <= 4 * result.misses
+    # no policy can beat the PFOO-U bound, whatever the sizes
+    assert result.hits <= opt_bound(trace, sizes, 4 + extra_bytes).hits
+
+
+def test_opt_bound_on_a_hand_computed_trace() -> None:
+    # capacity 2 over 6 requests = 12 byte-requests. Reuse intervals: a@0->2 costs 1x2, big@1->4
+    # costs 2x3, a@2->5 costs 1x3. Cheapest first: 2 + 3 = 5, then 6 more = 11 <= 12: all three.
+    trace = ["a", "big", "a", "x", "big", "a"]
+    sizes = {"a": 1, "big": 2, "x": 1}
+    assert opt_bound(trace, sizes, 2).hits == 3
+    # capacity 1 offers 6: a's two intervals (2 + 3) fit, big's (6) does not.
+    bound = opt_bound(["a", "big", "a", "x", "a"], {"a": 1, "big": 1, "x": 1}, 1)
+    assert (bound.hits, bound.bytes_loaded) == (2, 3)
 
 
 # --------------------------------------------------------------------------- workloads
@@ -177,14 +204,50 @@ def test_after_a_phase_shift_lfu_da_recovers_faster_than_lfu() -> None:
     assert max(replay(trace, sizes, 4, p).hits for p in POLICIES) == replay(trace, sizes, 4, "OPT").hits
 
 
+def test_new_traces_are_deterministic_and_shaped_as_described() -> None:
+    for make in (bursty_trace, diurnal_trace, session_trace):
+        trace = make(EXPERTS, 2000, 1.0, 5)
+        assert trace == make(EXPERTS, 2000, 1.0, 5) and len(trace) == 2000
+        assert set(trace) <= set(EXPERTS)
+
+    # sessions: runs of one expert, so consecutive repeats are far above i.i.d. Zipf's
+    def repeats(trace: list[str]) -> int:
+        return sum(a == b for a, b in zip(trace, trace[1:], strict=False))
+
+    assert repeats(session_trace(EXPERTS, 4000, 1.0, 0, concurrent=1)) > 2 * repeats(
+        zipf_trace(EXPERTS, 4000, 1.0, 0)
+    )
+    # diurnal: the top expert of the "day" (t near 0) is not the top of the "night" (t near period/2)
+    trace = diurnal_trace(EXPERTS, 4000, 1.0, 0, period=4000)
+    assert Counter(trace[:400]).most_common(1)[0][0] == EXPERTS[0]
+    assert Counter(trace[1800:2200]).most_common(1)[0][0] == EXPERTS[8]
+    # bursty with one state is plain Zipf in distribution: rank 1 leads
+    assert Counter(bursty_trace(EXPERTS, 3000, 1.0, 0, states=1)).most_common(1)[0][0] == EXPERTS[0]
+
+
+def test_mixed_sizes_use_every_class_independently_of_rank() -> None:
+    sizes = mixed_sizes(EXPERTS, 10, seed=0)
+    assert sorted(set(sizes.values())) == sorted(round(10 * c) for c in SIZE_CLASSES)
+    assert mixed_sizes(EXPERTS, 10, seed=0) == sizes and mixed_sizes(EXPERTS, 10, seed=1) != sizes
+    with pytest.raises(ValueError, match="base_bytes"):
+        mixed_sizes(EXPERTS, 0, seed=0)
+
+
 # --------------------------------------------------------------------------- CLI
-def test_cli_writes_json_markdown_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = main(["--experts", "6", "--requests", "300", "--budgets", "1,3", "--out", str(tmp_path)])
+def test_cli_writes_json_markdown_plot_and_goals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = main(["--experts", "6", "--requests", "150", "--budgets", "1,3", "--out", str(tmp_path)])
     saved = BenchReport.model_validate(json.loads((tmp_path / "policy.json").read_text()))
     assert saved == report
-    assert len(saved.workloads) == 3
-    assert all(len(results) == 2 * len(POLICIES) for results in saved.workloads.values())
+    equal = [w for w in saved.workloads if w.sizes == "equal"]
+    mixed = [w for w in saved.workloads if w.sizes == "mixed"]
+    assert len(equal) == 6 and len(mixed) == 4
+    assert all(len(w.results) == 2 * len(POLICIES) for w in equal)
+    # 6 experts: the 15% budget is raised to the largest expert (6x), so budgets may merge
+    assert all(len(w.results) == len(w.budget_labels) * len(MIXED_POLICIES) for w in mixed)
+    assert all(1 <= len(w.budget_labels) <= 3 for w in mixed)
+    # one LRU/LFU check per workload and budget, plus one OPT check per equal-size Zipf budget
+    assert len(saved.goals) == 6 * 2 + sum(len(w.budget_labels) for w in mixed) + 2
     markdown = (tmp_path / "policy.md").read_text()
-    assert report.command in markdown and "| budget (experts) |" in markdown
+    assert report.command in markdown and "| budget (experts) |" in markdown and "OPT-BOUND" in markdown
     assert (tmp_path / "policy_hit_rate.png").read_bytes()[:4] == b"\x89PNG"
-    assert "OPT" in capsys.readouterr().out
+    assert "Checks met" in capsys.readouterr().out

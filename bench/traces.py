@@ -1,0 +1,116 @@
+"""Expert-request traces that look like use, for the cache-policy benchmark (issue 17, point 3).
+
+`bench.workloads` has the stationary ones (Zipf, uniform, one phase shift). Real traffic also
+moves in other ways, each of which punishes a different policy:
+
+* ``bursty_trace``: Markov-modulated popularity. A hidden state (a ranking of the experts) holds
+  for a geometric number of requests, then jumps to another: a news cycle, a batch job, a tenant
+  coming online. Frequency that never forgets is wrong after each jump; pure recency is noisy
+  inside a state.
+* ``diurnal_trace``: popularity drifts smoothly between two rankings over a day-long cycle (say
+  code by day, chat by night), so the right answer changes slowly and keeps changing.
+* ``session_trace``: multi-turn sessions. A conversation picks an expert (Zipf) and sends a run
+  of turns to it (geometric length); several sessions interleave. Recency matters a lot here.
+* ``mixed_sizes``: expert sizes of 2-3 classes (e.g. 1x, 2.5x, 6x bytes, as random-weight
+  configs of three shapes would be) assigned independently of popularity, so the byte budget,
+  not the expert count, decides what fits.
+
+Every generator is deterministic for a seed (numpy's PCG64 ``default_rng``) and takes
+``experts`` ordered by base popularity rank, as `bench.workloads` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.workloads import zipf_probabilities
+
+__all__ = ["SIZE_CLASSES", "bursty_trace", "diurnal_trace", "mixed_sizes", "session_trace"]
+
+# Byte multiples of the three size classes (issue 17: "random-weight configs at 1x/2.5x/6x bytes").
+SIZE_CLASSES: tuple[float, ...] = (1.0, 2.5, 6.0)
+
+
+def _check(experts: list[str], n: int) -> None:
+    if not experts:
+        raise ValueError("need at least one expert")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+
+
+def bursty_trace(
+    experts: list[str], n: int, s: float, seed: int, *, states: int = 4, mean_dwell: int = 400
+) -> list[str]:
+    """Zipf(s) requests whose ranking is one of ``states`` random permutations, switching after a
+    geometric number of requests (mean ``mean_dwell``) to a uniformly chosen other state."""
+    _check(experts, n)
+    if states < 1 or mean_dwell < 1:
+        raise ValueError(f"states and mean_dwell must be >= 1, got {states} and {mean_dwell}")
+    rng = np.random.default_rng(seed)
+    p = zipf_probabilities(len(experts), s)
+    rankings = [np.arange(len(experts))] + [rng.permutation(len(experts)) for _ in range(states - 1)]
+    out: list[str] = []
+    state = 0
+    while len(out) < n:
+        dwell = min(int(rng.geometric(1.0 / mean_dwell)), n - len(out))
+        ranks = rng.choice(len(experts), size=dwell, p=p)
+        out.extend(experts[rankings[state][r]] for r in ranks)
+        if states > 1:
+            state = (state + int(rng.integers(1, states))) % states
+    return out
+
+
+def diurnal_trace(experts: list[str], n: int, s: float, seed: int, *, period: int = 2000) -> list[str]:
+    """Zipf(s) popularity that moves smoothly from one ranking (day) to a shifted one (night) and
+    back every ``period`` requests: p_t = w_t * day + (1 - w_t) * night, w_t = (1 + cos 2*pi*t/period) / 2."""
+    _check(experts, n)
+    if period < 2:
+        raise ValueError(f"period must be >= 2 requests, got {period}")
+    rng = np.random.default_rng(seed)
+    day = zipf_probabilities(len(experts), s)
+    night = np.roll(day, len(experts) // 2)  # the cold half becomes the hot half
+    t = np.arange(n)
+    weight = (1.0 + np.cos(2.0 * np.pi * t / period)) / 2.0
+    u = rng.random(n)
+    out: list[str] = []
+    for i in range(n):
+        p = weight[i] * day + (1.0 - weight[i]) * night
+        out.append(experts[min(int(np.searchsorted(np.cumsum(p), u[i])), len(experts) - 1)])
+    return out
+
+
+def session_trace(
+    experts: list[str], n: int, s: float, seed: int, *, concurrent: int = 6, mean_turns: float = 4.0
+) -> list[str]:
+    """``concurrent`` live conversations; each request is the next turn of a random live one. A
+    conversation's expert is drawn Zipf(s) when it starts; it lasts a geometric number of turns
+    (mean ``mean_turns``), then a new conversation takes its place."""
+    _check(experts, n)
+    if concurrent < 1 or mean_turns < 1:
+        raise ValueError(f"concurrent and mean_turns must be >= 1, got {concurrent} and {mean_turns}")
+    rng = np.random.default_rng(seed)
+    p = zipf_probabilities(len(experts), s)
+
+    def new_session() -> list:
+        return [int(rng.choice(len(experts), p=p)), int(rng.geometric(1.0 / mean_turns))]
+
+    live = [new_session() for _ in range(concurrent)]
+    out: list[str] = []
+    for _ in range(n):
+        slot = int(rng.integers(concurrent))
+        expert, turns_left = live[slot]
+        out.append(experts[expert])
+        live[slot] = [expert, turns_left - 1] if turns_left > 1 else new_session()
+    return out
+
+
+def mixed_sizes(
+    experts: list[str], base_bytes: int, seed: int, classes: tuple[float, ...] = SIZE_CLASSES
+) -> dict[str, int]:
+    """Sizes cycling through ``classes`` (x ``base_bytes``), shuffled independently of popularity
+    rank, so every class has hot and cold experts."""
+    if base_bytes < 1 or not classes:
+        raise ValueError(f"need base_bytes >= 1 and at least one class, got {base_bytes} and {classes}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(experts))
+    return {experts[i]: int(round(base_bytes * classes[k % len(classes)])) for k, i in enumerate(order)}
