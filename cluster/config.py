@@ -189,6 +189,34 @@ class ServeConfig(_Strict):
     route_prefix: str = Field("/", description="HTTP route prefix of the ingress.")
 
 
+class MemtierConfig(_Strict):
+    """How HBM and DDR choose what to keep (memtier/policy.py; evidence in bench/results/policy.md)."""
+
+    policy: Literal["adaptive", "lru"] = Field(
+        "adaptive",
+        description="adaptive = AdaptiveLRFU, recency and frequency with the balance learnt online "
+        "(bench.policy: never more than 0.01 below the better of LRU and LFU on its traces); lru = least "
+        "recently used.",
+    )
+    fixed_cost_bytes: ByteSize = Field(
+        "20MB",
+        description="A miss's fixed cost (actor hops, skeleton) in bytes at load bandwidth, so a small "
+        "expert weighs a little more per byte held: ~20 ms at ~1 GB/s STORE reads on CPU (bench/results/"
+        "switch.md). On GPUs ~50 ms at ~25 GB/s H2D is ~1.25GB; 0 ranks by frequency alone.",
+    )
+    score_half_life: float = Field(
+        500.0,
+        gt=0,
+        description="Requests over which the adaptive policy forgets half of which recency/frequency balance "
+        "hit best: a few hundred requests to compare, short enough to follow a shift.",
+    )
+    admission: bool = Field(
+        False,
+        description="Drop a newly paged-in expert after its request when it scores below every expert it "
+        "displaced. Off: in demand paging an early drop never saves a miss (bench.policy ADAPTIVE+ADMIT).",
+    )
+
+
 class ClusterConfig(_Strict):
     """A whole deployment, as loaded from YAML."""
 
@@ -204,6 +232,7 @@ class ClusterConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     security: SecurityConfig = SecurityConfig()
     serve: ServeConfig = ServeConfig()
+    memtier: MemtierConfig = MemtierConfig()
 
     @property
     def store_root_path(self) -> Path:

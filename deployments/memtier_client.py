@@ -22,4 +22,5 @@ def ensure_memtier(config: ClusterConfig):
             saturation=config.serve.max_batch_size,
             lease_ttl_s=config.limits.request_timeout_s * 2,
             place_timeout_s=min(config.limits.place_timeout_s, config.limits.request_timeout_s),
+            policy=config.memtier,
         )

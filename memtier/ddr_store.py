@@ -17,7 +17,9 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster.config import MemtierConfig
 from memtier.lru import AllPinnedError, ByteBudgetLRU
+from memtier.policy import make_policy
 from memtier.store import checkpoint_info, model_config_dict, read_weights
 
 logger = logging.getLogger(__name__)
@@ -39,18 +41,22 @@ class DDRStore:
         ddr_bytes: int,
         checkpoints: dict[str, str],
         memtier_name: str | None = None,
+        policy: MemtierConfig | None = None,
     ) -> None:
         self.cluster = cluster
         self.node_id = node_id
         self.checkpoints = checkpoints
         self.memtier_name = memtier_name
-        self.lru: ByteBudgetLRU[str] = ByteBudgetLRU(ddr_bytes)
+        self._sizes: dict[str, int] = {}
+        # The node's own request stream (its sockets' page-ins) drives its policy: what one node's
+        # sockets miss is not what another's do.
+        self.policy = make_policy(policy, ddr_bytes, self._sizes)
+        self.lru: ByteBudgetLRU[str] = ByteBudgetLRU(ddr_bytes, self.policy)
         self.refs: dict[str, ray.ObjectRef] = {}
         self.store_reads: dict[str, int] = {}
         self.bytes_read = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._room = asyncio.Condition()
-        self._sizes: dict[str, int] = {}
         self._memtier = None  # MemTier's handle, looked up once (see _report)
 
     def _size(self, expert: str) -> int:
@@ -67,6 +73,8 @@ class DDRStore:
         """
         started = time.perf_counter()
         parts_s: dict[str, float] = {}
+        self._size(expert)  # known before the policy records it, so it weighs the right bytes
+        self.policy.record(expert)
         store_read = await self._ensure(expert, pin=True, parts_s=parts_s)
         try:
             ref = self.refs[expert]
@@ -181,7 +189,12 @@ class DDRStore:
 
 
 def ddr_store_for_node(
-    cluster: str, node_id: str, ddr_bytes: int, checkpoints: dict[str, str], memtier_name: str | None = None
+    cluster: str,
+    node_id: str,
+    ddr_bytes: int,
+    checkpoints: dict[str, str],
+    memtier_name: str | None = None,
+    policy: MemtierConfig | None = None,
 ):
     """Get or create `node_id`'s DDR store, pinned to that node (hard node affinity)."""
     return DDRStore.options(
@@ -190,4 +203,4 @@ def ddr_store_for_node(
         get_if_exists=True,
         lifetime="detached",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-    ).remote(cluster, node_id, ddr_bytes, checkpoints, memtier_name)
+    ).remote(cluster, node_id, ddr_bytes, checkpoints, memtier_name, policy)

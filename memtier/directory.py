@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cluster.config import MemtierConfig
 from memtier.lru import ByteBudgetLRU
 from memtier.models import Lease, NodeStatus, SocketInfo, SocketStatus
+from memtier.policy import make_policy
 
 
 @dataclass
@@ -41,11 +43,19 @@ class UnknownExpertError(KeyError):
 
 
 class ResidencyDirectory:
-    """Sockets, nodes, experts and leases, with every budget checked before it changes."""
+    """Sockets, nodes, experts and leases, with every budget checked before it changes.
 
-    def __init__(self, expert_bytes: dict[str, int], ddr_bytes_per_node: int) -> None:
+    One eviction policy ranks victims on every socket's HBM (`hbm_policy`, memtier/policy.py): an
+    expert's popularity is a property of the traffic, not of one socket, so all sockets share
+    its request history, and its shadow caches model the sockets' HBM together.
+    """
+
+    def __init__(
+        self, expert_bytes: dict[str, int], ddr_bytes_per_node: int, policy: MemtierConfig | None = None
+    ) -> None:
         self.expert_bytes = dict(expert_bytes)
         self.ddr_bytes_per_node = ddr_bytes_per_node
+        self.hbm_policy = make_policy(policy, 0, self.expert_bytes)  # sized as sockets register
         self.sockets: dict[str, SocketEntry] = {}
         self.nodes: dict[str, NodeEntry] = {}
         self.leases: dict[str, Lease] = {}
@@ -71,9 +81,10 @@ class ResidencyDirectory:
         if entry is None or entry.hbm.capacity_bytes != info.hbm_bytes or entry.node_id != info.node_id:
             if entry is not None:
                 self.drop_socket(info.socket_id)
-            entry = SocketEntry(info.socket_id, info.node_id, ByteBudgetLRU(info.hbm_bytes))
+            entry = SocketEntry(info.socket_id, info.node_id, ByteBudgetLRU(info.hbm_bytes, self.hbm_policy))
             self.sockets[info.socket_id] = entry
             self.node(info.node_id).sockets.add(info.socket_id)
+            self._resize_policy()
         entry.last_seen_s = now_s
         self.sync_socket(info)
         return entry
@@ -83,6 +94,7 @@ class ResidencyDirectory:
         entry = self.sockets.pop(socket_id, None)
         if entry is None:
             return []
+        self._resize_policy()
         self.nodes[entry.node_id].sockets.discard(socket_id)
         voided = [self.leases.pop(lease_id) for lease_id in entry.leases if lease_id in self.leases]
         for lease in voided:
@@ -98,7 +110,7 @@ class ResidencyDirectory:
         """
         entry = self.sockets[info.socket_id]
         pinned = {key: pins for key, _, pins in entry.hbm.snapshot() if pins}
-        rebuilt: ByteBudgetLRU[str] = ByteBudgetLRU(entry.hbm.capacity_bytes)
+        rebuilt: ByteBudgetLRU[str] = ByteBudgetLRU(entry.hbm.capacity_bytes, self.hbm_policy)
         for expert in info.residents:
             if expert in self.expert_bytes and expert not in pinned:
                 if self.expert_bytes[expert] <= rebuilt.free_bytes:
@@ -125,6 +137,9 @@ class ResidencyDirectory:
             for _ in range(pins):
                 rebuilt.pin(expert)
         node.ddr = rebuilt
+
+    def _resize_policy(self) -> None:
+        self.hbm_policy.resize(sum(s.hbm.capacity_bytes for s in self.sockets.values()))
 
     # ------------------------------------------------------------------ queries
     def hbm_holders(self, expert: str) -> list[SocketEntry]:
@@ -162,7 +177,8 @@ class ResidencyDirectory:
     # ------------------------------------------------------------------ leases
     def grant(self, lease: Lease) -> list[str]:
         """Record a lease chosen by placement: pin the expert on its socket (and DDR while it
-        pages in). Returns the HBM victims evicted to make room, LRU first."""
+        pages in). Returns the HBM victims evicted to make room, in the policy's order; sets
+        `lease.keep` False when the policy's admission test refuses to keep a page-in."""
         socket = self.sockets[lease.socket_id]
         ddr = self.node(lease.node_id).ddr
         # Check both tiers before changing either, so a refusal leaves no orphan pin behind.
@@ -171,7 +187,11 @@ class ResidencyDirectory:
             ddr.plan_insert(lease.expert, lease.size_bytes)
         self.clock += 1
         socket.last_used = self.clock
+        self.hbm_policy.record(lease.expert)  # one lease = one request for the expert
         victims = socket.hbm.insert(lease.expert, lease.size_bytes, pin=True)
+        if victims:
+            sizes = [(v, self.expert_bytes.get(v, 0)) for v in victims]
+            lease.keep = self.hbm_policy.admit(lease.expert, lease.size_bytes, sizes)
         socket.hbm.touch(lease.expert)
         socket.leases.add(lease.lease_id)
         if lease.tier != "hbm":
@@ -193,6 +213,8 @@ class ResidencyDirectory:
             if lease.expert in socket.hbm and socket.hbm.is_pinned(lease.expert):
                 socket.hbm.unpin(lease.expert)
                 socket.hbm.touch(lease.expert)
+                if not lease.keep and not socket.hbm.is_pinned(lease.expert):
+                    socket.hbm.remove(lease.expert)  # admission refused: the socket drops it too
         self._unpin_ddr(lease)
         return lease
 

@@ -38,6 +38,11 @@ class Lease(BaseModel):
     tier: Tier = Field(description="Where the expert comes from: hbm (hit), ddr (this node), store.")
     size_bytes: int
     evict: list[str] = Field(default_factory=list)
+    keep: bool = Field(
+        True,
+        description="False when admission refused to keep this page-in (it scored below every expert it "
+        "displaced): the socket serves the request, then drops the expert.",
+    )
 
 
 class ActivationReport(BaseModel):

@@ -16,6 +16,7 @@ from collections import deque
 
 import ray
 
+from cluster.config import MemtierConfig
 from memtier.directory import ResidencyDirectory, UnknownExpertError
 from memtier.metrics import MemtierMetrics
 from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo
@@ -44,9 +45,10 @@ class MemTierCore:
         saturation: int | None = None,
         socket_timeout_s: float = 5.0,
         lease_ttl_s: float = 600.0,
+        policy: MemtierConfig | None = None,
     ) -> None:
         self.cluster = cluster
-        self.directory = ResidencyDirectory(expert_bytes, ddr_bytes_per_node)
+        self.directory = ResidencyDirectory(expert_bytes, ddr_bytes_per_node, policy)
         self.saturation = saturation
         self.socket_timeout_s = socket_timeout_s
         self.lease_ttl_s = lease_ttl_s
@@ -177,6 +179,7 @@ class MemTier:
         socket_timeout_s: float = 5.0,
         lease_ttl_s: float = 600.0,
         place_timeout_s: float = 60.0,
+        policy: MemtierConfig | None = None,
     ) -> None:
         self.core = MemTierCore(
             cluster,
@@ -185,6 +188,7 @@ class MemTier:
             saturation=saturation,
             socket_timeout_s=socket_timeout_s,
             lease_ttl_s=lease_ttl_s,
+            policy=policy,
         )
         self.place_timeout_s = place_timeout_s
         self._capacity_changed: asyncio.Event | None = None

@@ -33,44 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Literal
 
-from pydantic import BaseModel, Field
+from cluster.config import MemtierConfig
 
-__all__ = ["AdaptiveLRFU", "EvictionPolicy", "LRUPolicy", "PolicyConfig", "make_policy"]
+__all__ = ["AdaptiveLRFU", "EvictionPolicy", "LRUPolicy", "make_policy"]
 
 # Half-lives, in requests, of the shadow lambdas: LFU (inf) through LRU (1). A factor 4 apart is
 # fine enough: bench.policy moved by < 0.005 with a factor 2 grid.
 DEFAULT_HALF_LIVES: tuple[float, ...] = (math.inf, 4096, 1024, 256, 64, 16, 4, 1)
-
-
-class PolicyConfig(BaseModel):
-    """How an HBM or DDR tier picks victims."""
-
-    kind: Literal["adaptive", "lru"] = Field(
-        "adaptive",
-        description="adaptive = AdaptiveLRFU (bench.policy: never > 0.01 below the better of LRU and LFU on "
-        "its traces); lru = least recently used, as before.",
-    )
-    fixed_cost_bytes: int = Field(
-        20 * 10**6,
-        ge=0,
-        description="A miss's fixed cost (actor hops, skeleton) in bytes at load bandwidth: ~20 ms at "
-        "~1 GB/s STORE reads here (bench/results/switch.md). Raise it on GPUs (~50 ms at ~25 GB/s H2D = "
-        "1.25 GB) so small experts weigh more per byte; 0 ranks by frequency alone.",
-    )
-    score_half_life: float = Field(
-        500.0,
-        gt=0,
-        description="Requests over which a shadow's hits lose half their weight: long enough to compare "
-        "lambdas on a few hundred requests, short enough to follow a shift within one.",
-    )
-    admission: bool = Field(
-        False,
-        description="Refuse to keep an expert whose score is below every victim it displaced (served, then "
-        "dropped). Off by default: in pure demand paging an early drop never saves a miss (bench.policy: "
-        "ADAPTIVE+ADMIT loses up to 0.04 to ADAPTIVE); it pays when prefetch refills the room it frees.",
-    )
 
 
 class EvictionPolicy:
@@ -171,7 +141,7 @@ class AdaptiveLRFU(EvictionPolicy):
     ) -> None:
         if not half_lives:
             raise ValueError("need at least one half-life")
-        self.sizes = dict(sizes or {})
+        self.sizes = sizes if sizes is not None else {}  # by reference: a DDR store sizes experts lazily
         self.fixed_cost_bytes = fixed_cost_bytes
         self.admission = admission
         self.shadows = [_Shadow(h, capacity_bytes) for h in half_lives]
@@ -221,11 +191,11 @@ class AdaptiveLRFU(EvictionPolicy):
 
 
 def make_policy(
-    config: PolicyConfig | None, capacity_bytes: int, sizes: Mapping[Hashable, int] | None = None
+    config: MemtierConfig | None, capacity_bytes: int, sizes: Mapping[Hashable, int] | None = None
 ) -> EvictionPolicy:
     """The policy a tier of `capacity_bytes` runs under `config` (None = the default)."""
-    config = config or PolicyConfig()
-    if config.kind == "lru":
+    config = config or MemtierConfig()
+    if config.policy == "lru":
         return LRUPolicy()
     return AdaptiveLRFU(
         capacity_bytes,

@@ -50,7 +50,12 @@ class SocketAgent:
             config.topology.weights_per_socket,  # the KV reserve is the socket engine's
             {e.id: e.size_bytes for e in config.experts},
             ddr_fetcher(
-                config.name, self.node_id, config.topology.ddr_per_node, checkpoints, self.memtier_name
+                config.name,
+                self.node_id,
+                config.topology.ddr_per_node,
+                checkpoints,
+                self.memtier_name,
+                config.memtier,
             ),
             device=device,
             dtypes={e.id: getattr(torch, e.dtype) for e in config.experts},
@@ -91,7 +96,12 @@ class SocketAgent:
 
         topology = self.config.topology
         store = ddr_store_for_node(
-            self.config.name, self.node_id, topology.ddr_per_node, self._checkpoints, self.memtier_name
+            self.config.name,
+            self.node_id,
+            topology.ddr_per_node,
+            self._checkpoints,
+            self.memtier_name,
+            self.config.memtier,
         )
         try:
             await store.residents.remote()
@@ -137,6 +147,8 @@ class SocketAgent:
         finally:
             if report is not None:
                 await self.residency.release(lease.expert)
+                if not lease.keep:  # admission refused to keep it: serve, then drop (unless in use)
+                    await self.residency.drop(lease.expert)
             # Awaited (one actor round trip) so the next placement sees this socket's true load.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import ray
 import torch
 
+from cluster.config import MemtierConfig
 from memtier.lru import AllPinnedError, ByteBudgetLRU
 from memtier.materialize import Materialized, Materializer
 from memtier.models import ActivationReport, Lease, SocketInfo, Tier
@@ -198,7 +199,12 @@ class SocketResidency:
 
 
 def ddr_fetcher(
-    cluster: str, node_id: str, ddr_bytes: int, checkpoints: dict[str, str], memtier_name: str | None
+    cluster: str,
+    node_id: str,
+    ddr_bytes: int,
+    checkpoints: dict[str, str],
+    memtier_name: str | None,
+    policy: MemtierConfig | None = None,
 ) -> DDRFetch:
     """A `fetch_from_ddr` bound to this node's DDR store actor (created on first use)."""
     from memtier.ddr_store import ddr_store_for_node
@@ -208,7 +214,7 @@ def ddr_fetcher(
     async def fetch(expert: str) -> dict:
         nonlocal store
         if store is None:
-            store = ddr_store_for_node(cluster, node_id, ddr_bytes, checkpoints, memtier_name)
+            store = ddr_store_for_node(cluster, node_id, ddr_bytes, checkpoints, memtier_name, policy)
         return await store.get.remote(expert)
 
     return fetch

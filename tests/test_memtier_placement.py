@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster.config import MemtierConfig
 from memtier.directory import ResidencyDirectory, UnknownExpertError
 from memtier.lru import ByteBudgetLRU
 from memtier.models import ActivationReport, Lease, SocketInfo, Tier
@@ -30,9 +31,10 @@ def make_directory(
     experts: dict[str, int],
     sockets: dict[str, tuple[str, int]],
     ddr_bytes: int = 100 * MB,
+    policy: MemtierConfig | None = None,
 ) -> ResidencyDirectory:
     """A directory with `sockets` = {socket_id: (node_id, hbm_bytes)} registered, all empty."""
-    directory = ResidencyDirectory(experts, ddr_bytes)
+    directory = ResidencyDirectory(experts, ddr_bytes, policy)
     for socket_id, (node_id, hbm_bytes) in sockets.items():
         directory.register_socket(SocketInfo(socket_id=socket_id, node_id=node_id, hbm_bytes=hbm_bytes), 0.0)
     return directory
@@ -340,7 +342,7 @@ def test_two_leases_on_one_expert_keep_it_pinned_until_both_release() -> None:
 
 def test_grant_evicts_lru_first_and_never_a_pinned_expert() -> None:
     experts = {"x": MB, "y": MB, "z": MB, "w": 2 * MB}
-    d = make_directory(experts, {"s0": ("n0", 3 * MB)})
+    d = make_directory(experts, {"s0": ("n0", 3 * MB)}, policy=MemtierConfig(policy="lru"))
     held = grant(d, "x", "s0")  # x: least recent, but leased
     use(d, "y", "s0")
     use(d, "z", "s0")
