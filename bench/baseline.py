@@ -7,9 +7,9 @@ What it shares with CoE, so the comparison isolates the memory system:
 * the same per-socket memory: `max_num_models_per_replica` K = experts that fit in one socket's
   HBM budget (`hbm_per_socket // largest expert`);
 * the same `max_ongoing_requests`, dtype, tokenisation (chat template + the expert's system
-  prompt, in the ingress) and generation code: `deployments.batcher.ExpertBatcher` running
-  `deployments.generation.generate_batch`, i.e. requests for one model on one replica are
-  *batched exactly like CoE's* (same `max_batch_size` and wait), not run one at a time;
+  prompt, in the ingress) and generation engine: `deployments.engine.SocketEngine`, i.e.
+  requests for one model on one replica are *continuously batched exactly like CoE's* (same
+  `max_batch_size`, prefill chunk and KV budget), not run one at a time;
 * the same STORE checkpoints, loaded on a miss with `AutoModelForCausalLM.from_pretrained`.
 
 Where it is stronger than the example in Ray's docs: the load runs in a worker thread, so a
@@ -42,10 +42,12 @@ from ray import serve
 
 from cluster.config import ClusterConfig
 from deployments.app import socket_actor_options
-from deployments.batcher import ExpertBatcher
+from deployments.engine import SocketEngine
 from deployments.generation import GenRequest, eos_token_ids
 from deployments.openai_models import ChatCompletionRequest, Usage
+from deployments.sampling import SamplingParams
 from deployments.tokenizers import TokenizerCache
+from deployments.wire import Sampling
 
 __all__ = ["build_baseline_app", "models_per_replica"]
 
@@ -71,7 +73,7 @@ def _load_seconds() -> float | None:
 def models_per_replica(config: ClusterConfig) -> int:
     """K: experts that fit one socket's HBM budget (by the largest expert, so any K fit)."""
     largest = max(e.size_bytes for e in config.experts)
-    return max(1, config.topology.hbm_per_socket // largest)
+    return max(1, config.topology.weights_per_socket // largest)
 
 
 @dataclass
@@ -104,8 +106,13 @@ def multiplexed_experts_class(max_models: int) -> type:
             hf_logging.disable_progress_bar()
             self.config = config
             self.tokenizers = TokenizerCache(config)
-            self.batcher = ExpertBatcher(config.serve.max_batch_size, config.serve.batch_wait_timeout_s)
             self.replica_id = serve.get_replica_context().replica_id.unique_id
+            self.engine = SocketEngine(
+                max_batch_size=config.serve.max_batch_size,
+                prefill_chunk_tokens=config.serve.prefill_chunk_tokens,
+                kv_capacity_bytes=config.topology.kv_cache_per_socket,
+                name=self.replica_id,
+            )
             # Multiplexing has no pinning: an evicted model lives on while its batch runs. Count the
             # distinct models in use at once; above K, the replica held more than its budget.
             self.in_use: Counter[int] = Counter()
@@ -136,10 +143,8 @@ def multiplexed_experts_class(max_models: int) -> type:
             gen = GenRequest(
                 input_ids=request["input_ids"],
                 max_tokens=request["max_tokens"],
-                temperature=request["temperature"],
-                top_p=request["top_p"],
+                params=SamplingParams(**request["sampling"]),
                 stop=request["stop"],
-                seed=request["seed"],
             )
             try:
                 yield {
@@ -150,7 +155,7 @@ def multiplexed_experts_class(max_models: int) -> type:
                     "replica": self.replica_id,
                     "peak_models_in_use": self.peak_in_use,
                 }
-                events = self.batcher.submit(
+                events = self.engine.submit(
                     model_id, loaded.model, self.tokenizers.get(model_id), loaded.eos_ids, gen
                 )
                 while True:
@@ -232,13 +237,12 @@ class BaselineIngress:
             for m in body.messages
         ]
         input_ids = await asyncio.to_thread(self._tokenize, body.model, messages)
+        generation = body.to_generation()
         payload = {
             "input_ids": input_ids,
             "max_tokens": max_tokens,
-            "temperature": body.temperature,
-            "top_p": body.top_p,
+            "sampling": Sampling.resolve(generation, self.config.expert(body.model).sampling).model_dump(),
             "stop": body.stop_list(),
-            "seed": body.seed,
         }
         handle = self.experts.options(multiplexed_model_id=body.model, stream=True)
         events = handle.generate.remote(payload).__aiter__()

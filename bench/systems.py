@@ -36,6 +36,7 @@ def bench_config(
     max_tokens: int = 64,
     max_ongoing_requests: int = 8,
     max_batch_size: int = 8,
+    kv_cache_bytes: int = 16 * 2**20,
 ) -> ClusterConfig:
     """A config whose sockets each hold `experts_per_socket` of the largest expert.
 
@@ -52,7 +53,8 @@ def bench_config(
             "topology": {
                 "nodes": nodes,
                 "sockets_per_node": sockets_per_node,
-                "hbm_per_socket": experts_per_socket * largest,
+                "hbm_per_socket": experts_per_socket * largest + kv_cache_bytes,
+                "kv_cache_per_socket": kv_cache_bytes,
                 "ddr_per_node": catalog,
                 "device": "cpu",
                 "cpus_per_socket": cpus_per_socket,
@@ -81,7 +83,8 @@ def bench_config(
 def ceiling_config(config: ClusterConfig) -> ClusterConfig:
     """The same config with HBM per socket = the whole catalog: nothing pages after warm-up."""
     catalog = sum(e.size_bytes for e in config.experts)
-    topology = config.topology.model_copy(update={"hbm_per_socket": catalog, "ddr_per_node": catalog})
+    hbm = catalog + config.topology.kv_cache_per_socket  # the same KV reserve: only paging differs
+    topology = config.topology.model_copy(update={"hbm_per_socket": hbm, "ddr_per_node": catalog})
     return config.model_copy(update={"topology": topology})
 
 

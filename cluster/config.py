@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from cluster.paths import zoo_dir
+from cluster.sampling_defaults import SamplingDefaults, checkpoint_sampling
 from cluster.sizes import ByteSize, format_size
 
 Device = Literal["cpu", "cuda"]
@@ -42,6 +43,13 @@ class TopologyConfig(_Strict):
     ddr_per_node: ByteSize = Field(
         description="Expert bytes one node's object store may hold; the shared second tier."
     )
+    kv_cache_per_socket: ByteSize = Field(
+        "32MiB",
+        description="The part of hbm_per_socket kept for the KV cache of running requests (invariant 8); "
+        "the rest holds expert weights. 32MiB is ~1,450 tokens of a SmolLM2-135M expert (23,040 bytes a "
+        "token in bf16): 8 requests of ~180 tokens. A request waits in its socket's queue while its KV "
+        "would not fit; raise it for long prompts or big batches (on a GPU, gigabytes).",
+    )
     device: Device = Field("cpu", description="'cuda' on GPU nodes (one GPU per socket), 'cpu' elsewhere.")
     cpus_per_socket: float = Field(
         0.5,
@@ -55,8 +63,23 @@ class TopologyConfig(_Strict):
         return self.nodes * self.sockets_per_node
 
     @property
+    def weights_per_socket(self) -> int:
+        """HBM bytes for expert weights: the socket's budget less its KV cache reserve."""
+        return self.hbm_per_socket - self.kv_cache_per_socket
+
+    @property
     def total_hbm_bytes(self) -> int:
-        return self.total_sockets * self.hbm_per_socket
+        """Expert-weight bytes all sockets hold together (KV reserves excluded)."""
+        return self.total_sockets * self.weights_per_socket
+
+    @model_validator(mode="after")
+    def _kv_inside_hbm(self) -> TopologyConfig:
+        if self.kv_cache_per_socket >= self.hbm_per_socket:
+            raise ValueError(
+                f"topology.kv_cache_per_socket ({format_size(self.kv_cache_per_socket)}) must be smaller "
+                f"than hbm_per_socket ({format_size(self.hbm_per_socket)}): the rest holds the weights"
+            )
+        return self
 
 
 class ExpertConfig(_Strict):
@@ -70,6 +93,12 @@ class ExpertConfig(_Strict):
     dtype: str = Field("bfloat16", description="Dtype the expert runs in on its socket.")
     system_prompt: str | None = Field(
         None, description="Overrides the system prompt stored in the checkpoint's metadata."
+    )
+    sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description="Default sampling for requests that leave a field out. Unset fields are filled at load "
+        "from the checkpoint's generation_config.json (the model authors' recommendation, as vLLM does); "
+        "request fields override both.",
     )
     size_bytes: int = Field(0, description="Filled at load: tensor bytes from the checkpoint headers.")
     checkpoint_dtype: str = Field("", description="Filled at load: dtype holding most bytes on disk.")
@@ -174,6 +203,31 @@ class SecurityConfig(_Strict):
     )
 
 
+class ObservabilityConfig(_Strict):
+    """Metrics on GET /metrics and the per-request JSON log (deployments/metrics.py, request_log.py)."""
+
+    metrics_push_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often each replica ships its metrics to the cluster's hub: a scrape sees other "
+        "replicas' numbers at most this old (Prometheus scrapes every 15 s or so); one small actor call "
+        "per process per interval.",
+    )
+    request_log: bool = Field(
+        True,
+        description="One JSON line per request on the ingress's stdout: cheap, and what an incident needs.",
+    )
+    request_log_path: str | None = Field(
+        None,
+        description="Also append the lines to this file on the ingress's node (None = stdout only, which "
+        "Ray keeps in the replica's worker-*.out log).",
+    )
+    log_prompts: bool = Field(
+        False,
+        description="Put the prompt (or messages) in the request log. Off: prompts can hold personal data.",
+    )
+
+
 class ServeConfig(_Strict):
     """Ray Serve settings of the app."""
 
@@ -183,8 +237,20 @@ class ServeConfig(_Strict):
     max_ongoing_requests: int = Field(
         8, ge=1, description="Per socket replica; concurrent requests for one expert share a batch."
     )
-    max_batch_size: int = Field(8, ge=1, description="Requests generated together for one expert.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill.")
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        description="Rows of one expert's running batch on a socket (continuous batching: a request joins "
+        "at the next step). 8: on one CPU thread a decode step of 8 rows of SmolLM2-135M costs ~2x one "
+        "row, so 8 requests get ~4x one's tokens/s; placement fills a batch before spreading.",
+    )
+    prefill_chunk_tokens: int = Field(
+        256,
+        ge=16,
+        description="Prompt tokens prefilled per engine iteration; longer prompts are chunked with a decode "
+        "step of the running rows between chunks, so a long prompt delays other requests' next token by "
+        "one chunk (~0.2 s on one CPU thread for SmolLM2-135M), not by its whole prefill.",
+    )
     app_name: str = Field("coe", description="Serve application name.")
     route_prefix: str = Field("/", description="HTTP route prefix of the ingress.")
 
@@ -232,6 +298,7 @@ class ClusterConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     security: SecurityConfig = SecurityConfig()
     serve: ServeConfig = ServeConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     memtier: MemtierConfig = MemtierConfig()
 
     @property
@@ -277,6 +344,7 @@ class ClusterConfig(_Strict):
                     f"(or `coe zoo --tiny N`) or fix the path."
                 ) from err
             expert.size_bytes = header.size_bytes
+            expert.sampling = expert.sampling.under(checkpoint_sampling(path))
             expert.checkpoint_dtype = header.dtype
             if expert.system_prompt is None and "coe.system_prompt" in header.metadata:
                 expert.system_prompt = header.metadata["coe.system_prompt"]
@@ -288,11 +356,12 @@ class ClusterConfig(_Strict):
                 f"{largest.id!r} ({format_size(largest.size_bytes)}); add sockets or raise hbm_per_socket"
             )
         for expert in self.experts:
-            if expert.size_bytes > topo.hbm_per_socket:
+            if expert.size_bytes > topo.weights_per_socket:
                 raise ValueError(
-                    f"experts[{expert.id}]: size {format_size(expert.size_bytes)} exceeds "
-                    f"topology.hbm_per_socket {format_size(topo.hbm_per_socket)}; an expert must fit one "
-                    f"socket (invariant 4): raise hbm_per_socket or drop the expert"
+                    f"experts[{expert.id}]: size {format_size(expert.size_bytes)} exceeds what "
+                    f"topology.hbm_per_socket {format_size(topo.hbm_per_socket)} leaves for weights beside "
+                    f"kv_cache_per_socket {format_size(topo.kv_cache_per_socket)}; an expert must fit one "
+                    f"socket (invariant 4): raise hbm_per_socket, lower kv_cache_per_socket or drop it"
                 )
             if expert.size_bytes > topo.ddr_per_node:
                 raise ValueError(

@@ -226,6 +226,7 @@ def write_expert_dir(
     category: str,
     system_prompt: str,
     stamp: dict,
+    sampling: dict | None = None,
 ) -> None:
     """Write one expert checkpoint: weights with the system prompt in their metadata, config,
     tokenizer, and a `coe_expert.json` card. Written to a temp dir and renamed, so a crash never
@@ -248,11 +249,27 @@ def write_expert_dir(
             ("config", "coe_", "generation_config", "model.safetensors")
         ):
             shutil.copy2(file, tmp / file.name)
+    if sampling is not None:
+        write_generation_config(tmp, tokenizer_from, sampling)
     card = {"id": expert_id, "category": category, "system_prompt": system_prompt}
     (tmp / "coe_expert.json").write_text(json.dumps(card, indent=1))
     _write_stamp(tmp, stamp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+# SmolLM2-Instruct's model card samples with temperature 0.2 and top_p 0.9; every demo expert's
+# generation_config.json carries them, so requests without sampling fields get what the authors
+# recommend (cluster/sampling_defaults.py) instead of temperature 1.0.
+DEMO_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
+
+
+def write_generation_config(out: Path, base: Path, sampling: dict) -> None:
+    """The base checkpoint's generation config (EOS, BOS ids) with `sampling` on top."""
+    source = base / "generation_config.json"
+    config = json.loads(source.read_text()) if source.exists() else {}
+    config.update(sampling, do_sample=True)
+    (out / "generation_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
 def build_demo(root: Path, experts: list[ExpertRecipe] = DEMO_EXPERTS) -> list[Path]:
@@ -261,7 +278,7 @@ def build_demo(root: Path, experts: list[ExpertRecipe] = DEMO_EXPERTS) -> list[P
     base_stamp = json.loads((base / "coe_build.json").read_text())
     todo = []
     for recipe in experts:
-        stamp = {**base_stamp, "recipe": recipe.model_dump()}
+        stamp = {**base_stamp, "recipe": recipe.model_dump(), "sampling": DEMO_SAMPLING}
         if not _up_to_date(root / "experts" / recipe.id, stamp):
             todo.append((recipe, stamp))
     if todo:
@@ -280,6 +297,7 @@ def build_demo(root: Path, experts: list[ExpertRecipe] = DEMO_EXPERTS) -> list[P
                 category=recipe.category,
                 system_prompt=recipe.system_prompt,
                 stamp=stamp,
+                sampling=DEMO_SAMPLING,
             )
     return [root / "experts" / recipe.id for recipe in experts]
 

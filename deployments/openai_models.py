@@ -40,8 +40,16 @@ class _SamplingFields(_Lenient):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    # None = not given: the expert's defaults (its generation_config.json, then the YAML) apply.
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, description="vLLM extension; 0 or -1 = off.")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="vLLM extension.")
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (string) -> bias in [-100, 100].")
+    min_tokens: int = Field(0, ge=0, description="vLLM extension: EOS is banned until this many tokens.")
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past EOS.")
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -56,6 +64,16 @@ class _SamplingFields(_Lenient):
             raise ValueError("stop takes up to 4 non-empty strings")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, got {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias values are in [-100, 100], got {bias} for token {token}")
+        return value
+
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
@@ -68,6 +86,13 @@ class _SamplingFields(_Lenient):
             max_tokens=self.token_limit(),
             temperature=self.temperature,
             top_p=self.top_p,
+            top_k=None if self.top_k is None else max(self.top_k, 0),
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
             stop=self.stop_list(),
             seed=self.seed,
             stream=self.stream,
@@ -115,6 +140,11 @@ class CoEInfo(BaseModel):
     socket: str = Field(description="Socket (Serve replica) that ran it.")
     node: str = Field(description="Ray node id of that socket.")
     switch_s: float = Field(0.0, description="Seconds spent making the expert resident (0 on an HBM hit).")
+    queue_s: float | None = Field(
+        None,
+        description="Seconds the request waited on its socket for a batch slot or KV cache room "
+        "(None until the socket admitted it).",
+    )
     retried: bool = Field(False, description="A socket failed mid-request and another one answered.")
 
 

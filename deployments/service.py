@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -30,7 +30,14 @@ from deployments.errors import (
 from deployments.memtier_client import ensure_memtier
 from deployments.openai_models import CoEInfo
 from deployments.tokenizers import TokenizerCache
-from deployments.wire import GenerationRequest, LeaseMismatch, SocketEvent, SocketRequest
+from deployments.wire import (
+    KV_TOO_LARGE,
+    GenerationRequest,
+    LeaseMismatch,
+    Sampling,
+    SocketEvent,
+    SocketRequest,
+)
 from memtier.directory import UnknownExpertError
 from memtier.pager import PlacementTimeout
 from memtier.placement import NeverPlaceable
@@ -47,6 +54,7 @@ class Prepared:
     expert: str
     input_ids: list[int]
     max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
     category: str | None = None
     routed: bool = False
     fallback: bool = False
@@ -96,17 +104,16 @@ class CoEService:
     # ------------------------------------------------------------------ prepare
     async def prepare(self, request: GenerationRequest) -> Prepared:
         limits = self.config.limits
-        max_tokens = request.max_tokens or limits.default_max_tokens
-        if max_tokens > limits.max_tokens:
+        if request.max_tokens is not None and request.max_tokens > limits.max_tokens:
             raise LimitExceeded(
-                f"max_tokens is {max_tokens}, the limit is {limits.max_tokens}; ask for fewer",
+                f"max_tokens is {request.max_tokens}, the limit is {limits.max_tokens}; ask for fewer",
                 param="max_tokens",
             )
         if request.messages is not None and len(request.messages) > limits.max_messages:
             raise LimitExceeded(
                 f"{len(request.messages)} messages, the limit is {limits.max_messages}", param="messages"
             )
-        prepared = Prepared(request=request, expert=request.model, input_ids=[], max_tokens=max_tokens)
+        prepared = Prepared(request=request, expert=request.model, input_ids=[], max_tokens=0)
         if request.model == COE_MODEL:
             decision = await self.route(request.messages if request.messages is not None else request.prompt)
             prepared.expert, prepared.category = decision.expert, decision.category
@@ -117,6 +124,12 @@ class CoEService:
                 f"has '{COE_MODEL}' and {len(self.expert_ids)} experts",
                 param="model",
             )
+        defaults = self.config.expert(prepared.expert).sampling
+        prepared.sampling = Sampling.resolve(request, defaults)
+        # An expert's own default may exceed the server's limit: the limit wins, silently (it is ours).
+        prepared.max_tokens = min(
+            request.max_tokens or defaults.max_tokens or limits.default_max_tokens, limits.max_tokens
+        )
         prepared.input_ids = await asyncio.to_thread(self._tokenize, prepared)
         if len(prepared.input_ids) > limits.max_prompt_tokens:
             raise LimitExceeded(
@@ -173,10 +186,8 @@ class CoEService:
             expert=prepared.expert,
             input_ids=prepared.input_ids,
             max_tokens=prepared.max_tokens,
-            temperature=prepared.request.temperature,
-            top_p=prepared.request.top_p,
+            sampling=prepared.sampling,
             stop=prepared.request.stop,
-            seed=prepared.request.seed,
         ).model_dump()
         deadline = time.monotonic() + self.config.limits.request_timeout_s
         retried = False
@@ -209,6 +220,13 @@ class CoEService:
                         continue
                     if event.finish_reason == "error":
                         raise CoEError(f"generation failed on socket {lease.socket_id}: {event.text}")
+                    if event.finish_reason == KV_TOO_LARGE:
+                        raise LimitExceeded(
+                            f"{event.text}: shorten the prompt or ask for fewer max_tokens",
+                            param="max_tokens",
+                        )
+                    if event.queue_s is not None and info_out:
+                        info_out[0].queue_s = event.queue_s
                     if buffered:
                         held.append(event)
                         continue

@@ -11,31 +11,80 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cluster.sampling_defaults import SamplingDefaults
 from memtier.models import ActivationReport
+
+# Finish reason of a row that could never fit its socket's KV budget (the ingress answers 400).
+KV_TOO_LARGE = "kv_too_large"
 
 
 class GenerationRequest(BaseModel):
-    """One request as the API received it, after schema validation."""
+    """One request as the API received it, after schema validation. None = not given: the
+    expert's defaults (checkpoint < YAML) decide, see `Sampling.resolve`."""
 
     model: str
     messages: list[dict] | None = None
     prompt: str | None = None
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     stream: bool = False
+
+
+class Sampling(BaseModel):
+    """Resolved per-request sampling, as the socket's engine applies it (deployments/sampling.py)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    seed: int | None = None
+
+    @classmethod
+    def resolve(cls, request: GenerationRequest, defaults: SamplingDefaults) -> Sampling:
+        """Request field, else the expert's default, else the neutral value (temperature 1, as OpenAI)."""
+
+        def pick(name: str, neutral):
+            given = getattr(request, name)
+            if given is not None:
+                return given
+            default = getattr(defaults, name)
+            return default if default is not None else neutral
+
+        return cls(
+            temperature=pick("temperature", 1.0),
+            top_p=pick("top_p", 1.0),
+            top_k=pick("top_k", 0),
+            repetition_penalty=pick("repetition_penalty", 1.0),
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logit_bias=request.logit_bias,
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
+            seed=request.seed,
+        )
 
 
 class SocketRequest(BaseModel):
     expert: str
     input_ids: list[int]
     max_tokens: int
-    temperature: float
-    top_p: float
+    sampling: Sampling
     stop: list[str]
-    seed: int | None
 
 
 class SocketEvent(BaseModel):
@@ -46,6 +95,7 @@ class SocketEvent(BaseModel):
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
+    queue_s: float | None = Field(None, description="First token event: seconds queued for a batch slot/KV.")
 
 
 class LeaseMismatch(Exception):

@@ -47,7 +47,7 @@ class SocketAgent:
         self.residency = SocketResidency(
             socket_id,
             self.node_id,
-            config.topology.hbm_per_socket,
+            config.topology.weights_per_socket,  # the KV reserve is the socket engine's
             {e.id: e.size_bytes for e in config.experts},
             ddr_fetcher(
                 config.name,

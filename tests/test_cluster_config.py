@@ -65,11 +65,22 @@ def test_missing_checkpoint_names_expert_and_field(tiny_dict):
     assert "experts[tiny-02].checkpoint" in message and "does-not-exist" in message
 
 
-def test_expert_larger_than_a_socket_is_rejected_by_name(tiny_dict):
-    tiny_dict["topology"]["hbm_per_socket"] = 3182912  # a Llama tiny expert exactly; Qwen2 ones are larger
-    tiny_dict["topology"]["sockets_per_node"] = 4
+def test_expert_larger_than_a_socket_is_rejected_by_name(tiny_dict, tiny_config):
+    sizes = {e.id: e.size_bytes for e in tiny_config.experts}
+    smallest = min(sizes.values())
+    kv_bytes = tiny_config.topology.kv_cache_per_socket
+    # Weights room = the smallest expert: every larger one must be refused, by name.
+    tiny_dict["topology"].update(hbm_per_socket=smallest + kv_bytes, sockets_per_node=4)
     message = _error(tiny_dict)
-    assert "experts[tiny-01]" in message and "hbm_per_socket" in message and "invariant 4" in message
+    named = [e for e in sizes if f"experts[{e}]" in message]
+    assert len(named) == 1 and sizes[named[0]] > smallest
+    assert "hbm_per_socket" in message and "kv_cache_per_socket" in message and "invariant 4" in message
+
+
+def test_kv_cache_reserve_must_leave_room_for_weights(tiny_dict):
+    tiny_dict["topology"].update(hbm_per_socket="1MiB", kv_cache_per_socket="1MiB")
+    message = _error(tiny_dict)
+    assert "topology.kv_cache_per_socket" in message and "smaller than hbm_per_socket" in message
 
 
 def test_total_hbm_below_largest_expert_is_rejected(tiny_dict):

@@ -121,7 +121,8 @@ def test_configmap_is_a_verbatim_copy_of_the_k8s_gpu_config():
 def test_k8s_gpu_config_loads_without_checkpoints(config):
     assert (config.topology.nodes, config.topology.sockets_per_node, config.topology.device) == (2, 8, "cuda")
     assert config.store_root == "/models/zoo"
-    assert config.topology.hbm_per_socket < 80 * 10**9  # an H100 80GB, with room for KV cache
+    assert config.topology.hbm_per_socket < 80 * 2**30  # an H100 80GB, with room for the CUDA context
+    assert config.topology.kv_cache_per_socket >= 8 * 2**30  # a GPU socket batches long contexts
     assert len(config.experts) == 16
 
 
