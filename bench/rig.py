@@ -4,6 +4,10 @@ The same shape as tests/serving_rig.py (which bench must not import): `topology.
 a `ray.cluster_utils.Cluster`, each advertising `coe_socket = sockets_per_node` and an object
 store sized for its DDR budget. Every system (CoE, the ceiling, the baseline) gets its own
 cluster, so none inherits another's caches, actors or page-ins.
+
+`head_node=True` (chaos and node-loss runs) adds a head node without sockets that advertises
+`coe_head`; `build` pins the ingress there (`head_build`), and MemTier, the Serve controller and
+the only proxy live there too, so any socket node can be removed without taking the front door.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from cluster.config import ClusterConfig
 __all__ = ["LocalServe", "free_port"]
 
 SOCKET_RESOURCE = "coe_socket"
+HEAD_RESOURCE = "coe_head"
 _STORE_HEADROOM_BYTES = 150 * 2**20  # Ray's own objects beside the DDR budget
 READY_TIMEOUT_S = 300.0
 
@@ -44,29 +49,49 @@ class LocalServe:
         cpus_per_node: int = 2,
         expect_sockets: bool = True,
         with_grpc: bool = False,
+        head_node: bool = False,
     ) -> None:
         http_port, grpc_port = free_port(), free_port()
         serve_settings = config.serve.model_copy(update={"http_port": http_port, "grpc_port": grpc_port})
         self.config = config.model_copy(update={"serve": serve_settings})
         self.cluster = Cluster()
+        self.cpus_per_node = cpus_per_node
         topo = config.topology
-        for _ in range(topo.nodes):
+        if head_node:
             self.cluster.add_node(
-                num_cpus=cpus_per_node,
-                resources={SOCKET_RESOURCE: topo.sockets_per_node},
-                object_store_memory=max(150 * 2**20, topo.ddr_per_node + _STORE_HEADROOM_BYTES),
+                num_cpus=1, resources={HEAD_RESOURCE: 1}, object_store_memory=_STORE_HEADROOM_BYTES
             )
+        for _ in range(topo.nodes):
+            self.add_socket_node()
         ray.init(address=self.cluster.address, namespace="coe", log_to_driver=False)
         grpc_options = None
         if with_grpc:
             from deployments.grpc_options import grpc_options as coe_grpc_options
 
             grpc_options = coe_grpc_options(self.config)
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options)
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": http_port},
+            grpc_options=grpc_options,
+            proxy_location="HeadOnly" if head_node else None,
+        )
         serve.run(build(self.config), name=config.serve.app_name, route_prefix="/", blocking=False)
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self._wait_ready(expect_sockets)
+
+    @staticmethod
+    def head_build(build: Callable[..., object]) -> Callable[[ClusterConfig], object]:
+        """`build` with the ingress pinned to the head node (`build(config, ingress_actor_options=...)`)."""
+        return lambda config: build(config, ingress_actor_options={"resources": {HEAD_RESOURCE: 0.01}})
+
+    def add_socket_node(self):
+        """One more node of the topology's shape (its sockets start if the deployment wants them)."""
+        topo = self.config.topology
+        return self.cluster.add_node(
+            num_cpus=self.cpus_per_node,
+            resources={SOCKET_RESOURCE: topo.sockets_per_node},
+            object_store_memory=max(150 * 2**20, topo.ddr_per_node + _STORE_HEADROOM_BYTES),
+        )
 
     def _wait_ready(self, expect_sockets: bool) -> None:
         """CoE is ready when every socket registered with memtier; the baseline when /healthz answers."""

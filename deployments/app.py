@@ -27,7 +27,10 @@ def socket_actor_options(config: ClusterConfig) -> dict[str, Any]:
     return options
 
 
-def build_app_from_config(config: ClusterConfig, *, heartbeat_s: float = 1.0):
+def build_app_from_config(
+    config: ClusterConfig, *, heartbeat_s: float = 1.0, ingress_actor_options: dict[str, Any] | None = None
+):
+    """The app; `ingress_actor_options` add to the ingress's Ray options (a bench pins it to a node)."""
     topo = config.topology
     sockets = serve.deployment(
         ExpertSocket,
@@ -46,7 +49,7 @@ def build_app_from_config(config: ClusterConfig, *, heartbeat_s: float = 1.0):
         name="CoERouter",
         num_replicas=1,
         max_ongoing_requests=1024,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, **(ingress_actor_options or {})},
     ).bind(config, sockets)
     return ingress
 

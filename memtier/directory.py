@@ -95,10 +95,16 @@ class ResidencyDirectory:
         if entry is None:
             return []
         self._resize_policy()
-        self.nodes[entry.node_id].sockets.discard(socket_id)
+        node = self.nodes[entry.node_id]
+        node.sockets.discard(socket_id)
         voided = [self.leases.pop(lease_id) for lease_id in entry.leases if lease_id in self.leases]
         for lease in voided:
             self._unpin_ddr(lease)
+        if not node.sockets and not node.ddr.pinned_bytes:
+            # A node without a live socket: it died, or all its sockets restart at once. Either way
+            # nothing can read its DDR through us; forget it, and adopt its store's report again
+            # when a socket of that node comes back (MemTier.heartbeat).
+            del self.nodes[entry.node_id]
         return voided
 
     def sync_socket(self, info: SocketInfo) -> None:

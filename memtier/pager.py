@@ -218,8 +218,9 @@ class MemTier:
         return True
 
     async def heartbeat(self, info: SocketInfo) -> bool:
+        returning_node = info.node_id not in self.core.directory.nodes  # new, or forgotten when it died
         new = self.core.heartbeat(info, time.monotonic())
-        if info.node_id not in self._ddr_synced:
+        if returning_node or info.node_id not in self._ddr_synced:
             self._ddr_synced.add(info.node_id)
             asyncio.get_running_loop().create_task(self._sync_ddr_from_store(info.node_id))
         self._notify()
