@@ -18,7 +18,10 @@ class SocketInfo(BaseModel):
 
     socket_id: str = Field(description="Serve replica id (unique_id) or any unique name; dispatch key.")
     node_id: str = Field(description="Ray node id: sockets on one node share its DDR store.")
-    hbm_bytes: int = Field(ge=0)
+    hbm_bytes: int = Field(ge=0, description="HBM for expert weights: the socket's budget less KV.")
+    kv_cache_bytes: int = Field(
+        0, ge=0, description="HBM kept for its requests' KV cache (invariant 8), beside hbm_bytes."
+    )
     residents: list[str] = Field(default_factory=list, description="Experts materialised now, LRU first.")
     in_use: list[str] = Field(default_factory=list, description="Experts pinned by running requests.")
 
@@ -76,6 +79,7 @@ class SocketStatus(BaseModel):
     socket_id: str
     node_id: str
     hbm_bytes: int
+    kv_cache_bytes: int = 0
     used_bytes: int
     pinned_bytes: int
     residents: list[str]

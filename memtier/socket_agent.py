@@ -59,6 +59,7 @@ class SocketAgent:
             ),
             device=device,
             dtypes={e.id: getattr(torch, e.dtype) for e in config.experts},
+            kv_cache_bytes=config.topology.kv_cache_per_socket,
         )
         self._heartbeat_task: asyncio.Task | None = None
         self._warm_task: asyncio.Task | None = None

@@ -41,8 +41,10 @@ class SocketResidency:
         *,
         device: str = "cpu",
         dtypes: dict[str, torch.dtype] | None = None,
+        kv_cache_bytes: int = 0,
     ) -> None:
         self.socket_id = socket_id
+        self.kv_cache_bytes = kv_cache_bytes  # the engine's KV reserve, reported so MemTier sees it
         self.node_id = node_id
         self.expert_bytes = expert_bytes
         self.fetch_from_ddr = fetch_from_ddr
@@ -65,6 +67,7 @@ class SocketResidency:
             socket_id=self.socket_id,
             node_id=self.node_id,
             hbm_bytes=self.lru.capacity_bytes,
+            kv_cache_bytes=self.kv_cache_bytes,
             residents=[e for e in self.lru.keys_lru_order() if e in self.models],
             in_use=[e for e in self.lru.keys_lru_order() if self.lru.is_pinned(e)],
         )

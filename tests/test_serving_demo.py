@@ -4,6 +4,7 @@ replica killed mid-request being retried on another socket (invariant 7)."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 
 import httpx
@@ -78,3 +79,41 @@ def test_a_socket_killed_mid_request_is_retried_on_another(rig):
     # The dead socket is gone from memtier's directory.
     sockets = {s["socket_id"] for n in rig.memtier()["nodes"] for s in n["sockets"]}
     assert victim not in sockets
+
+
+def test_without_sampling_fields_the_expert_answers_with_its_checkpoint_defaults(rig):
+    """SmolLM2's recommended sampling (temperature 0.2, top_p 0.9, from the zoo's
+    generation_config.json) applies when a request names none: no rambling about France."""
+    answers = []
+    for _ in range(3):
+        response = httpx.post(
+            f"{rig.base_url}/v1/chat/completions",
+            timeout=300,
+            json={
+                "model": "generalist",
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            },
+        )
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["choices"][0]["message"]["content"])
+    assert all("Paris" in answer for answer in answers), answers
+
+
+def test_streamed_text_equals_the_non_streamed_text_for_the_same_seed(rig):
+    body = {
+        "model": "generalist",
+        "messages": [{"role": "user", "content": "Write one sentence about lighthouses."}],
+        "max_tokens": 24,
+        "temperature": 0.9,
+        "seed": 5,
+    }
+    whole = httpx.post(f"{rig.base_url}/v1/chat/completions", timeout=300, json=body).json()
+    parts = []
+    with httpx.stream(
+        "POST", f"{rig.base_url}/v1/chat/completions", timeout=300, json={**body, "stream": True}
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and line.strip() != "data: [DONE]":
+                for choice in json.loads(line[5:]).get("choices") or []:
+                    parts.append((choice.get("delta") or {}).get("content") or "")
+    assert "".join(parts) == whole["choices"][0]["message"]["content"] and parts
