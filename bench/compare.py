@@ -341,7 +341,7 @@ def compare_settings(args: argparse.Namespace, config: ClusterConfig) -> Compare
         experts=len(config.experts),
         expert_bytes=largest,
         hbm_bytes_per_socket=topo.hbm_per_socket,
-        hbm_experts_total=topo.total_sockets * (topo.hbm_per_socket // largest),
+        hbm_experts_total=topo.total_sockets * (topo.weights_per_socket // largest),
         K=models_per_replica(config),
         sockets=topo.total_sockets,
         nodes=topo.nodes,
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> CompareReport:
         )
     sizes = {e.id: e.size_bytes for e in config.experts}
     opt = opt_hit_rates(
-        [s.model for s in specs], sizes, config.topology.total_sockets * config.topology.hbm_per_socket
+        [s.model for s in specs], sizes, config.topology.total_hbm_bytes
     )
     report = build_report(runs, settings, opt, command)
     args.out.mkdir(parents=True, exist_ok=True)

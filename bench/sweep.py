@@ -115,7 +115,7 @@ def _row(
     return SweepRow(
         max_tokens=max_tokens,
         oversubscription=oversub,
-        hbm_experts_total=topo.total_sockets * (topo.hbm_per_socket // largest),
+        hbm_experts_total=topo.total_sockets * (topo.weights_per_socket // largest),
         K=models_per_replica(config),
         throughput_ratio=_ratio(coe.request_throughput, base.request_throughput),
         p99_ratio=_ratio(coe.e2el.p99_ms, base.e2el.p99_ms),
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> SweepReport:
     for oversub, config in configs.items():
         coe = _run_lengths("coe", config, specs, base, lengths)
         baseline = _run_lengths("baseline", config, specs, base, lengths)
-        total_hbm = config.topology.total_sockets * config.topology.hbm_per_socket
+        total_hbm = config.topology.total_hbm_bytes
         opt = opt_hit_rates(trace, size_of, total_hbm)["OPT"]
         for length in lengths:
             reports[f"coe/{oversub:g}/{length}"] = coe[length]
