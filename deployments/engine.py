@@ -261,7 +261,7 @@ class ExpertBatch:
             cache=p.cache,
             use_cache=True,
             logits_to_keep=1,
-        ).logits[:, -1, :]  # [b, V]
+        ).logits[:, -1, :].float().cpu()  # [b, V]: sampled on the host (per-row CPU RNGs)
         p.done = end
         self.prefill_chunks += 1
         if end < width:
@@ -295,7 +295,7 @@ class ExpertBatch:
             position_ids=self.lengths[:, None],
             cache=self.cache,
             use_cache=True,
-        ).logits[:, -1, :]  # [B, V]
+        ).logits[:, -1, :].float().cpu()  # [B, V]
         self.lengths = self.lengths + 1
         self.decode_steps += 1
         for i, row in enumerate(self.running):

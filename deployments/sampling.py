@@ -99,6 +99,9 @@ def sample_row(
     constraint: RowConstraint | None = None,
 ) -> tuple[int, TokenLogprob | None]:
     """The next token for one row, and its logprobs when asked. logits: [V] (any float dtype)."""
+    plain = not (params.logit_bias or banned_ids or constraint is not None or params.needs_history)
+    if plain and params.temperature <= 0 and params.logprobs is None:
+        return int(torch.argmax(logits)), None  # greedy, nothing to reshape: the hot path stays flat
     raw = logits.float()
     scores = raw.clone()
     for token_id, bias in params.logit_bias.items():
