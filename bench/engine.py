@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def run_inprocess(args) -> list[Wave]:
     prompts = [chat_ids(tokenizer, p) for p in PROMPTS]
     waves: list[Wave] = []
     generate_wave(model, tokenizer, prompts[:1], 4)  # warm-up: first calls are slow
-    for level in args.levels:
+    for level, _ in [(level, r) for level in args.levels for r in range(args.repeats)]:
         batch = [prompts[i % len(prompts)] for i in range(level)]
         engine = SocketEngine(
             max_batch_size=max(args.levels), prefill_chunk_tokens=256, kv_capacity_bytes=1 << 32
@@ -315,24 +316,37 @@ def run_serve(args) -> tuple[list[Wave], dict]:
 def ratios(waves: list[Wave]) -> dict:
     """The issue's ratios from this run: 8 together vs 1, engine vs generate, join TTFT."""
 
-    def find(system: str, arrival: str, level: int) -> Wave | None:
-        return next(
-            (w for w in waves if w.system == system and w.arrival == arrival and w.concurrency == level), None
-        )
+    def rate(system: str, arrival: str, level: int) -> float | None:
+        """Median tokens/s over the repeats (repeats interleave the systems: drift hits all alike)."""
+        rates = [
+            w.tokens_per_s
+            for w in waves
+            if w.system == system and w.arrival == arrival and w.concurrency == level
+        ]
+        return statistics.median(rates) if rates else None
 
+    pairs = {
+        "engine_8_vs_1_tokens_per_s": (("engine", "together", 8), ("engine", "together", 1)),
+        "engine_1_vs_generate_1": (("engine", "together", 1), ("model.generate", "together", 1)),
+        "engine_8_vs_generate_batch_8": (("engine", "together", 8), ("model.generate", "together", 8)),
+        "engine_8_staggered_vs_generate_batch_8": (
+            ("engine", "staggered", 8),
+            ("model.generate", "together", 8),
+        ),
+        "serve_1_expert_8_vs_1_tokens_per_s": (
+            ("serve (1 expert)", "together", 8),
+            ("serve (1 expert)", "together", 1),
+        ),
+        "serve_8_experts_vs_1_tokens_per_s": (
+            ("serve (8 experts)", "together", 8),
+            ("serve (1 expert)", "together", 1),
+        ),
+    }
     out: dict = {}
-    one, eight = find("engine", "together", 1), find("engine", "together", 8)
-    gen_one = find("model.generate", "together", 1)
-    if one and eight:
-        out["engine_8_vs_1_tokens_per_s"] = round(eight.tokens_per_s / one.tokens_per_s, 2)
-    if one and gen_one:
-        out["engine_1_vs_generate_1"] = round(one.tokens_per_s / gen_one.tokens_per_s, 3)
-    gen_eight = find("model.generate", "together", 8)
-    if eight and gen_eight:
-        out["engine_8_vs_generate_batch_8"] = round(eight.tokens_per_s / gen_eight.tokens_per_s, 3)
-    s1, s8 = find("serve (1 expert)", "together", 1), find("serve (1 expert)", "together", 8)
-    if s1 and s8:
-        out["serve_1_expert_8_vs_1_tokens_per_s"] = round(s8.tokens_per_s / s1.tokens_per_s, 2)
+    for name, (top, bottom) in pairs.items():
+        a, b = rate(*top), rate(*bottom)
+        if a and b:
+            out[name] = round(a / b, 3)
     for w in waves:
         if w.arrival == "join":
             out[f"join_ttft_s ({w.system})"] = round(w.ttft_s[0], 3)
@@ -390,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--stagger-s", type=float, default=0.25)
+    parser.add_argument("--repeats", type=int, default=3, help="in-process waves per level (medians)")
     parser.add_argument("--join-after-s", type=float, default=1.0)
     parser.add_argument("--serve", action="store_true", help="also measure over Serve (the demo app)")
     parser.add_argument("--serve-only", action="store_true")
@@ -402,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.levels, args.max_tokens = [1, 8], 32
+        args.levels, args.max_tokens, args.repeats = [1, 8], 32, 1
     command = "python -m bench.engine " + " ".join(argv if argv is not None else sys.argv[1:])
     waves: list[Wave] = [] if args.serve_only else run_inprocess(args)
     paris = None
