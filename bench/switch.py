@@ -70,7 +70,9 @@ class SwitchRow(BaseModel):
 
     expert: str = Field(description="Checkpoint directory name.")
     expert_bytes: int = Field(description="Tensor bytes of the expert (what DDR and HBM hold).")
-    tier: str = Field(description="hbm | ddr | ddr_first | ddr_copy | store_cold | serving_store (module docstring).")
+    tier: str = Field(
+        description="hbm | ddr | ddr_first | ddr_copy | store_cold | serving_store (module docstring)."
+    )
     seconds: float = Field(description="Median over `repetitions` activations.")
     gbps: float = Field(description="expert_bytes / seconds / 1e9: an *effective* rate, not bytes copied.")
     ratio_to_memcpy: float = Field(description="gbps / memcpy_gbps of the same run.")

@@ -15,6 +15,7 @@ from cluster.config import MemtierConfig
 from memtier.lru import ByteBudgetLRU
 from memtier.models import Lease, NodeStatus, SocketInfo, SocketStatus
 from memtier.policy import make_policy
+from memtier.socket_table import SocketTable
 
 
 @dataclass
@@ -23,6 +24,7 @@ class SocketEntry:
     node_id: str
     hbm: ByteBudgetLRU[str]
     leases: set[str] = field(default_factory=set)
+    indexed: set[str] = field(default_factory=set)  # HBM residents as the holders index knows them
     last_used: int = 0  # directory clock tick of the last lease: ties break least recently used first
     last_seen_s: float = 0.0  # monotonic time of the last heartbeat
 
@@ -36,6 +38,7 @@ class NodeEntry:
     node_id: str
     ddr: ByteBudgetLRU[str]
     sockets: set[str] = field(default_factory=set)
+    indexed: set[str] = field(default_factory=set)  # DDR residents as the ddr index knows them
 
 
 class UnknownExpertError(KeyError):
@@ -60,6 +63,11 @@ class ResidencyDirectory:
         self.nodes: dict[str, NodeEntry] = {}
         self.leases: dict[str, Lease] = {}
         self.clock = 0
+        # Placement's indexes, kept by _changed(): who holds each expert in HBM, and every socket's
+        # numbers as arrays (memtier/socket_table.py), so a placement never scans sockets in Python.
+        self.holders: dict[str, set[str]] = {}
+        self.ddr_index: dict[str, set[str]] = {}  # expert -> nodes whose DDR holds it (may name gone nodes)
+        self.table = SocketTable()
 
     # ------------------------------------------------------------------ membership
     def size_of(self, expert: str) -> int:
@@ -73,6 +81,7 @@ class ResidencyDirectory:
     def node(self, node_id: str) -> NodeEntry:
         if node_id not in self.nodes:
             self.nodes[node_id] = NodeEntry(node_id, ByteBudgetLRU(self.ddr_bytes_per_node))
+            self._ddr_changed(self.nodes[node_id])
         return self.nodes[node_id]
 
     def register_socket(self, info: SocketInfo, now_s: float) -> SocketEntry:
@@ -84,6 +93,7 @@ class ResidencyDirectory:
             entry = SocketEntry(info.socket_id, info.node_id, ByteBudgetLRU(info.hbm_bytes, self.hbm_policy))
             self.sockets[info.socket_id] = entry
             self.node(info.node_id).sockets.add(info.socket_id)
+            self.table.add(entry)
             self._resize_policy()
         entry.last_seen_s = now_s
         self.sync_socket(info)
@@ -94,6 +104,9 @@ class ResidencyDirectory:
         entry = self.sockets.pop(socket_id, None)
         if entry is None:
             return []
+        self.table.remove(socket_id)
+        for expert in entry.indexed:
+            self.holders.get(expert, set()).discard(socket_id)
         self._resize_policy()
         node = self.nodes[entry.node_id]
         node.sockets.discard(socket_id)
@@ -115,7 +128,11 @@ class ResidencyDirectory:
         socket holds that the directory did not know is adopted in the socket's LRU order.
         """
         entry = self.sockets[info.socket_id]
-        pinned = {key: pins for key, _, pins in entry.hbm.snapshot() if pins}
+        snapshot = entry.hbm.snapshot()
+        pinned = {key: pins for key, _, pins in snapshot if pins}
+        reported = [e for e in info.residents if e in self.expert_bytes and e not in pinned]
+        if reported + list(pinned) == [key for key, _, _ in snapshot]:
+            return  # the report matches the directory (the usual case): nothing to rebuild
         rebuilt: ByteBudgetLRU[str] = ByteBudgetLRU(entry.hbm.capacity_bytes, self.hbm_policy)
         for expert in info.residents:
             if expert in self.expert_bytes and expert not in pinned:
@@ -128,6 +145,7 @@ class ResidencyDirectory:
                 rebuilt.pin(expert)
         rebuilt.evictions = entry.hbm.evictions
         entry.hbm = rebuilt
+        self._changed(entry)
 
     def sync_ddr(self, node_id: str, residents: list[str]) -> None:
         """Adopt a DDR store's report of what its node holds, keeping in-flight pins."""
@@ -143,16 +161,43 @@ class ResidencyDirectory:
             for _ in range(pins):
                 rebuilt.pin(expert)
         node.ddr = rebuilt
+        self._ddr_changed(node)
+
+    def _changed(self, entry: SocketEntry) -> None:
+        """Refresh placement's indexes after `entry`'s leases or HBM changed."""
+        self.table.refresh(entry)
+        now = set(entry.hbm.keys_lru_order())
+        if now != entry.indexed:
+            for expert in entry.indexed - now:
+                self.holders[expert].discard(entry.socket_id)
+            for expert in now - entry.indexed:
+                self.holders.setdefault(expert, set()).add(entry.socket_id)
+            entry.indexed = now
+
+    def _ddr_changed(self, node: NodeEntry) -> None:
+        """Refresh placement's DDR indexes after `node`'s DDR mirror changed."""
+        self.table.refresh_node(node.node_id, node.ddr.capacity_bytes - node.ddr.pinned_bytes)
+        now = set(node.ddr.keys_lru_order())
+        if now != node.indexed:
+            for expert in node.indexed - now:
+                self.ddr_index[expert].discard(node.node_id)
+            for expert in now - node.indexed:
+                self.ddr_index.setdefault(expert, set()).add(node.node_id)
+            node.indexed = now
+
+    def ddr_nodes_holding(self, expert: str) -> list[str]:
+        """Live nodes whose DDR holds `expert` (the index may still name a node forgotten since)."""
+        return [n for n in self.ddr_index.get(expert, ()) if n in self.nodes and expert in self.nodes[n].ddr]
 
     def _resize_policy(self) -> None:
         self.hbm_policy.resize(sum(s.hbm.capacity_bytes for s in self.sockets.values()))
 
     # ------------------------------------------------------------------ queries
     def hbm_holders(self, expert: str) -> list[SocketEntry]:
-        return [s for s in self.sockets.values() if expert in s.hbm]
+        return [self.sockets[socket_id] for socket_id in self.holders.get(expert, ())]
 
     def ddr_holders(self, expert: str) -> list[NodeEntry]:
-        return [n for n in self.nodes.values() if expert in n.ddr]
+        return [self.nodes[node_id] for node_id in sorted(self.ddr_nodes_holding(expert))]
 
     def status(self) -> list[NodeStatus]:
         nodes = []
@@ -200,11 +245,13 @@ class ResidencyDirectory:
             lease.keep = self.hbm_policy.admit(lease.expert, lease.size_bytes, sizes)
         socket.hbm.touch(lease.expert)
         socket.leases.add(lease.lease_id)
+        self._changed(socket)
         if lease.tier != "hbm":
             if lease.expert not in ddr:
                 ddr.insert(lease.expert, lease.size_bytes)
             ddr.touch(lease.expert)
             ddr.pin(lease.expert)
+            self._ddr_changed(self.nodes[lease.node_id])
         self.leases[lease.lease_id] = lease
         return victims
 
@@ -221,6 +268,7 @@ class ResidencyDirectory:
                 socket.hbm.touch(lease.expert)
                 if not lease.keep and not socket.hbm.is_pinned(lease.expert):
                     socket.hbm.remove(lease.expert)  # admission refused: the socket drops it too
+            self._changed(socket)
         self._unpin_ddr(lease)
         return lease
 
@@ -230,3 +278,4 @@ class ResidencyDirectory:
         ddr = self.nodes[lease.node_id].ddr
         if lease.expert in ddr and ddr.is_pinned(lease.expert):
             ddr.unpin(lease.expert)
+            self._ddr_changed(self.nodes[lease.node_id])

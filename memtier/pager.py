@@ -10,6 +10,7 @@ same heartbeats and from each node's DDR store.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections import deque
@@ -27,6 +28,18 @@ NAMESPACE = "coe"
 
 def memtier_actor_name(cluster: str) -> str:
     return f"coe_memtier_{cluster}"
+
+
+_LEASE_FIELDS = ("lease_id", "expert", "socket_id", "node_id", "tier", "size_bytes", "evict", "keep")
+
+
+def lease_tuple(lease: Lease) -> tuple:
+    """A Lease as a plain tuple for the batched wire (`lease_from_tuple` is its inverse)."""
+    return tuple(getattr(lease, name) for name in _LEASE_FIELDS)
+
+
+def lease_from_tuple(values: tuple) -> Lease:
+    return Lease.model_construct(**dict(zip(_LEASE_FIELDS, values, strict=True)))
 
 
 class PlacementTimeout(Exception):
@@ -49,6 +62,9 @@ class MemTierCore:
     ) -> None:
         self.cluster = cluster
         self.directory = ResidencyDirectory(expert_bytes, ddr_bytes_per_node, policy)
+        # Lease ids: random per incarnation (a restarted actor never reuses an old id), then a counter.
+        self._lease_prefix = uuid.uuid4().hex[:12] + "-"
+        self._lease_numbers = itertools.count()
         self.saturation = saturation
         self.socket_timeout_s = socket_timeout_s
         self.lease_ttl_s = lease_ttl_s
@@ -89,13 +105,16 @@ class MemTierCore:
         """Place now or raise NoCapacityNow / NeverPlaceable / UnknownExpertError."""
         size_bytes = self.directory.size_of(expert)
         socket, tier = choose_socket(self.directory, expert, saturation=self.saturation)
-        lease = Lease(
-            lease_id=uuid.uuid4().hex,
+        # Built without re-validating fields placement just produced: this is the authority's hot path.
+        lease = Lease.model_construct(
+            lease_id=f"{self._lease_prefix}{next(self._lease_numbers)}",
             expert=expert,
             socket_id=socket.socket_id,
             node_id=socket.node_id,
             tier=tier,
             size_bytes=size_bytes,
+            evict=[],
+            keep=True,
         )
         lease.evict = self.directory.grant(lease)
         self.lease_granted_s[lease.lease_id] = now_s
@@ -103,7 +122,16 @@ class MemTierCore:
         self.metrics.in_flight(len(self.directory.leases))
         return lease
 
-    def release(self, lease_id: str, report: ActivationReport | None) -> bool:
+    def release(
+        self, lease_id: str, report: ActivationReport | None, socket: SocketInfo | None = None
+    ) -> bool:
+        """Unpin a lease; `socket` (the socket's own report, sent with the release) re-syncs its HBM."""
+        released = self._release(lease_id, report)
+        if socket is not None and socket.socket_id in self.directory.sockets:
+            self.directory.sync_socket(socket)
+        return released
+
+    def _release(self, lease_id: str, report: ActivationReport | None) -> bool:
         lease = self.directory.release(lease_id)
         self.lease_granted_s.pop(lease_id, None)
         self.metrics.in_flight(len(self.directory.leases))
@@ -261,11 +289,45 @@ class MemTier:
     async def release(
         self, lease_id: str, report: ActivationReport | None = None, socket: SocketInfo | None = None
     ) -> bool:
-        released = self.core.release(lease_id, report)
-        if socket is not None and socket.socket_id in self.core.directory.sockets:
-            self.core.directory.sync_socket(socket)
+        released = self.core.release(lease_id, report, socket)
         self._notify()
         return released
+
+    async def batch(
+        self, places: list[str], releases: list[tuple[str, ActivationReport | None, SocketInfo | None]]
+    ) -> tuple[list[tuple | BaseException | None], list[bool | BaseException]]:
+        """Many releases, then many placements, in one actor call (memtier/client.py batches them).
+
+        Each placement is a Lease as a plain tuple (`lease_tuple`: a tenth of a pydantic model's
+        pickling cost, paid by the one authority), an exception for its caller (unknown expert,
+        never placeable), or None when there is no capacity now: the caller then waits with
+        `place`. Releases go first, so the capacity they free is there for the placements of the
+        same batch.
+        """
+        released: list[bool | BaseException] = []
+        for lease_id, report, socket in releases:
+            try:
+                released.append(self.core.release(lease_id, report, socket))
+            except Exception as err:  # a bad report must not fail the other callers' releases
+                released.append(err)
+        if releases:
+            self._notify()
+        placed: list[tuple | BaseException | None] = []
+        now_s = time.monotonic()
+        for expert in places:
+            try:
+                placed.append(lease_tuple(self.core.try_place(expert, now_s)))
+            except NoCapacityNow:
+                placed.append(None)
+            except NeverPlaceable as err:  # with no socket registered yet, `place` decides whether to wait
+                placed.append(None if not self.core.directory.sockets else err)
+            except Exception as err:
+                placed.append(err)
+        return placed, released
+
+    async def cpu_s(self) -> float:
+        """CPU seconds this actor process has used: how busy the authority is (bench.memtier_scale)."""
+        return time.process_time()
 
     async def ddr_report(
         self,

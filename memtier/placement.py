@@ -20,8 +20,9 @@ expert is paged in there instead, replicating the hot expert (the multiplexing b
 
 from __future__ import annotations
 
+import numpy as np
+
 from memtier.directory import ResidencyDirectory, SocketEntry
-from memtier.lru import AllPinnedError, NeverFitsError
 from memtier.models import Tier
 
 
@@ -33,30 +34,52 @@ class NeverPlaceable(Exception):
     """No registered socket can ever hold the expert (or none is registered)."""
 
 
-def _fits_now(directory: ResidencyDirectory, socket: SocketEntry, expert: str, size_bytes: int) -> bool:
-    """The socket can take the expert now: HBM room beside its pins and, for a page-in, room in
-    its node's DDR beside the experts pinned there (the weights pass through DDR)."""
-    if expert in socket.hbm:
-        return True
-    try:
-        socket.hbm.plan_insert(expert, size_bytes)
-        ddr = directory.node(socket.node_id).ddr
-        if expert not in ddr:
-            ddr.plan_insert(expert, size_bytes)
-    except (AllPinnedError, NeverFitsError):
-        return False
-    return True
-
-
-def _rank_key(socket: SocketEntry, expert: str, size_bytes: int) -> tuple:
-    """Least loaded, then no eviction needed, then least recently used."""
-    evicts = 0 if expert in socket.hbm else len(socket.hbm.plan_insert(expert, size_bytes))
-    return (socket.load, evicts, socket.last_used, socket.socket_id)
-
-
 def _holder_key(socket: SocketEntry, expert: str) -> tuple:
     """Fullest running batch of `expert` first (it has room: the caller checked), then least loaded."""
     return (-socket.hbm.pin_count(expert), socket.load, socket.last_used, socket.socket_id)
+
+
+def _lru_holder_key(socket: SocketEntry) -> tuple:
+    """Least loaded, then least recently used (a holder never needs to evict for its own expert)."""
+    return (socket.load, socket.last_used, socket.socket_id)
+
+
+def _fits_on_nodes(
+    directory: ResidencyDirectory, expert: str, size_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per node slot of the table: can its DDR stage the expert now (held, or room beside its pins),
+    and does it hold it already (a DDR hit)."""
+    table = directory.table
+    holds = np.zeros(len(table.node_reclaimable_bytes), bool)
+    for node_id in directory.ddr_nodes_holding(expert):
+        holds[table.node_slot(node_id)] = True
+    return holds | (table.node_reclaimable_bytes >= size_bytes), holds
+
+
+def _best_new_home(
+    directory: ResidencyDirectory, mask: np.ndarray, expert: str, size_bytes: int
+) -> SocketEntry:
+    """Least loaded, then no eviction, then fewest victims, then least recently used, then socket id.
+
+    The table ranks the first, second and last two keys at once; only sockets tied with the winner
+    on load that must evict are asked for their victims, in rank order, stopping at one victim (the
+    fewest possible)."""
+    table = directory.table
+    slot = table.best(mask, size_bytes)
+    assert slot is not None
+    winner = table.entries[slot]
+    if table.free_bytes[slot] >= size_bytes:
+        return winner
+    tied = np.flatnonzero(mask & (table.load == table.load[slot]) & (table.free_bytes < size_bytes))
+    best, best_victims = winner, None
+    for tied_slot in tied[np.argsort(table.rank(tied, size_bytes), kind="stable")]:
+        entry = table.entries[tied_slot]
+        victims = len(entry.hbm.plan_insert(expert, size_bytes))
+        if best_victims is None or victims < best_victims:
+            best, best_victims = entry, victims
+        if victims <= 1:
+            break
+    return best
 
 
 def choose_socket(
@@ -64,41 +87,37 @@ def choose_socket(
 ) -> tuple[SocketEntry, Tier]:
     """Pick the socket for one request of `expert` and the tier its weights come from."""
     size_bytes = directory.size_of(expert)
-    sockets = list(directory.sockets.values())
-    if not sockets:
+    if not directory.sockets:
         raise NeverPlaceable("no sockets are registered with memtier")
-    if all(size_bytes > s.hbm.capacity_bytes for s in sockets):
+    table = directory.table
+    if size_bytes > table.max_capacity_bytes():
         raise NeverPlaceable(
             f"expert {expert!r} ({size_bytes} bytes) is larger than every socket's HBM "
-            f"(largest {max(s.hbm.capacity_bytes for s in sockets)} bytes)"
+            f"(largest {table.max_capacity_bytes()} bytes)"
         )
-    candidates = [s for s in sockets if _fits_now(directory, s, expert, size_bytes)]
-    if not candidates:
-        raise NoCapacityNow(f"every socket that could hold {expert!r} is busy with pinned experts")
-
-    holders = sorted(
-        (s for s in candidates if expert in s.hbm), key=lambda s: _rank_key(s, expert, size_bytes)
-    )
+    holders = directory.hbm_holders(expert)  # a holder can always take one more request for it
     if saturation is not None:
         with_room = [s for s in holders if s.load < saturation]
         if with_room:
             return min(with_room, key=lambda s: _holder_key(s, expert)), "hbm"
-        if holders and not any(s.load < saturation for s in candidates):
-            return holders[0], "hbm"  # everything is saturated: queue on the least-loaded holder
     elif holders:
-        return holders[0], "hbm"
+        return min(holders, key=_lru_holder_key), "hbm"
 
-    ddr_nodes = {n.node_id for n in directory.ddr_holders(expert)}
-    others = [s for s in candidates if expert not in s.hbm]
-    if saturation is not None and any(s.load < saturation for s in others):
-        others = [s for s in others if s.load < saturation]
-    on_ddr = sorted(
-        (s for s in others if s.node_id in ddr_nodes), key=lambda s: _rank_key(s, expert, size_bytes)
-    )
-    if on_ddr:
-        return on_ddr[0], "ddr"
-    if others:
-        best = min(others, key=lambda s: _rank_key(s, expert, size_bytes))
-        return best, "store"
-    # Only saturated holders remain: queue on the least loaded one.
-    return holders[0], "hbm"
+    node_fits, node_holds = _fits_on_nodes(directory, expert, size_bytes)
+    others = table.alive & (table.reclaimable_bytes >= size_bytes) & node_fits[table.node]
+    if holders:
+        others[table.slots_of(s.socket_id for s in holders)] = False
+    if saturation is not None:
+        unsaturated = others & (table.load < saturation)
+        if unsaturated.any():
+            others = unsaturated
+        elif holders:
+            return min(holders, key=_lru_holder_key), "hbm"  # everything is saturated: queue on a holder
+    if not others.any():
+        if holders:
+            return min(holders, key=_lru_holder_key), "hbm"
+        raise NoCapacityNow(f"every socket that could hold {expert!r} is busy with pinned experts")
+    on_ddr = others & node_holds[table.node]
+    if on_ddr.any():
+        return _best_new_home(directory, on_ddr, expert, size_bytes), "ddr"
+    return _best_new_home(directory, others, expert, size_bytes), "store"

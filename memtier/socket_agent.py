@@ -16,6 +16,7 @@ import ray
 import torch
 
 from cluster.config import ClusterConfig
+from memtier.client import MemTierClient
 from memtier.materialize import Materialized
 from memtier.models import ActivationReport, Lease
 from memtier.pager import NAMESPACE, memtier_actor_name
@@ -64,11 +65,18 @@ class SocketAgent:
         self._heartbeat_task: asyncio.Task | None = None
         self._warm_task: asyncio.Task | None = None
         self._memtier = None
+        self._client: MemTierClient | None = None
 
     def _get_memtier(self):
         if self._memtier is None:
             self._memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
+            self._client = MemTierClient(self._memtier)
         return self._memtier
+
+    def _get_client(self) -> MemTierClient:
+        """Releases from this socket's concurrent requests go to MemTier in batches (memtier/client.py)."""
+        self._get_memtier()
+        return self._client
 
     async def start(self) -> None:
         """Register now and heartbeat from then on (also how a restarted MemTier relearns us)."""
@@ -153,7 +161,7 @@ class SocketAgent:
             # Awaited (one actor round trip) so the next placement sees this socket's true load.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    self._get_memtier().release.remote(lease.lease_id, report, self.residency.info()), 10
+                    self._get_client().release(lease.lease_id, report, self.residency.info()), 10
                 )
 
 
