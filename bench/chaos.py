@@ -74,6 +74,7 @@ class Answer(BaseModel):
     expert: str
     stream: bool
     cause: str | None = None  # None: answered in full
+    message: str | None = None
     retried: bool = False
 
 
@@ -107,31 +108,35 @@ async def _one(
         "stream": stream,
     }
     start = time.monotonic() - t0
-    cause, retried = None, False
+    cause = message = None
+    retried = False
     try:
         if not stream:
             response = await client.post(f"{url}/v1/chat/completions", json=body)
             data = response.json()
             if response.status_code != 200:
-                cause = f"{response.status_code} {(data.get('error') or {}).get('code')}"
+                error = data.get("error") or {}
+                cause, message = f"{response.status_code} {error.get('code')}", error.get("message")
             retried = bool((data.get("coe") or {}).get("retried"))
         else:
             async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
                 if response.status_code != 200:
-                    data = json.loads(await response.aread())
-                    cause = f"{response.status_code} {(data.get('error') or {}).get('code')}"
+                    error = json.loads(await response.aread()).get("error") or {}
+                    cause, message = f"{response.status_code} {error.get('code')}", error.get("message")
                 done = False
                 async for line in response.aiter_lines():
                     if line == "data: [DONE]":
                         done = True
                     elif line.startswith("data: ") and '"error"' in line:
-                        cause = f"stream error {(json.loads(line[6:]).get('error') or {}).get('code')}"
+                        error = json.loads(line[6:]).get("error") or {}
+                        cause, message = f"stream error {error.get('code')}", error.get("message")
                 if cause is None and not done:
                     cause = "stream cut"
     except (httpx.HTTPError, ValueError) as err:
-        cause = type(err).__name__
+        cause, message = type(err).__name__, str(err)
+    end = time.monotonic() - t0
     return Answer(
-        start_s=start, end_s=time.monotonic() - t0, expert=expert, stream=stream, cause=cause, retried=retried
+        start_s=start, end_s=end, expert=expert, stream=stream, cause=cause, message=message, retried=retried
     )
 
 
@@ -225,6 +230,7 @@ class ChaosReport(BaseModel):
     requests_steady: int
     requests_faults: int
     faults: list[FaultRecord]
+    failures: list[Answer] = Field(default_factory=list, description="The first 50 failed requests.")
     budget_samples: int
     budget_samples_unanswered: int
     budget_breaches: list[str]
@@ -346,6 +352,7 @@ def _report(
         requests_steady=len(steady),
         requests_faults=len(during),
         faults=faults,
+        failures=failed[:50],
         budget_samples=len(samples),
         budget_samples_unanswered=sum(1 for s in samples if not s.ok),
         budget_breaches=breaches[:20],
@@ -381,6 +388,10 @@ def format_report(report: ChaosReport) -> str:
         f"sent {report.sent}, failed {report.failed} (non-streaming {report.failed_non_streaming}), "
         f"retried on another socket {report.retried}",
         f"failures by cause: {report.causes or 'none'}",
+        *(
+            f"  at {a.start_s:.0f}-{a.end_s:.0f} s {a.expert}: {a.cause}: {(a.message or '')[:150]}"
+            for a in report.failures[:10]
+        ),
         f"e2e p50/p99 steady {s(report.p50_steady_s)} / {s(report.p99_steady_s)} "
         f"({report.requests_steady} req); "
         f"during faults {s(report.p50_faults_s)} / {s(report.p99_faults_s)} ({report.requests_faults} req)"

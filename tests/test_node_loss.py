@@ -8,6 +8,7 @@ no lease or pin is left behind.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import threading
 import time
@@ -158,6 +159,28 @@ def test_a_node_removed_under_load_loses_no_non_streaming_request(rig):
     )
     assert len(sockets) == 2 and {s["node_id"] for s in sockets} == socket_nodes - {victim}
     assert status["stats"]["leases"] >= len(load.answers)
+
+
+def test_requests_sent_while_memtier_restarts_wait_for_the_sockets_instead_of_a_503(rig):
+    """A restarted MemTier knows no socket until their next heartbeat: that is a wait, not 'never'."""
+    import ray
+
+    from memtier.pager import get_memtier
+
+    ray.kill(get_memtier(rig.config.name), no_restart=False)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        codes = list(
+            pool.map(
+                lambda expert: (
+                    httpx.post(
+                        f"{rig.base_url}/v1/chat/completions", json={**body, "model": expert}, timeout=120
+                    ).status_code
+                ),
+                EXPERTS[:CLIENTS],
+            )
+        )
+    assert codes == [200] * CLIENTS
 
 
 def test_memtier_forgets_a_node_with_no_live_socket_and_adopts_it_again_when_one_returns():
