@@ -245,7 +245,8 @@ class CoERouter(GrpcServicerMixin):
                 if body.messages is not None
                 else body.prompt
             )
-            decision = await self.service.route(target)
+            session = body.user or request.headers.get("x-session-id") or None
+            decision = await self.service.route(target, session)
             return JSONResponse(decision.model_dump())
         except CoEError as err:
             return _error_response(err)

@@ -122,6 +122,9 @@ class CompletionRequest(_SamplingFields):
 class RouteRequest(_Lenient):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
+    user: str | None = Field(
+        None, max_length=256, description="OpenAI's end-user id; pins the session's expert (router/README)."
+    )
 
 
 class CoEInfo(BaseModel):

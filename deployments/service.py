@@ -93,11 +93,16 @@ class CoEService:
             )
         return self._router
 
-    async def route(self, prompt_or_messages):
+    async def route(self, prompt_or_messages, session: str | None = None):
+        """Route via a per-replica batcher: requests arriving together share one encoder pass;
+        `session` (OpenAI `user` / `x-session-id`) pins the conversation's expert (router/conversation.py)."""
+        from router.batching import RouteBatcher
         from router.errors import InvalidPromptError
 
+        if getattr(self, "_route_batcher", None) is None:
+            self._route_batcher = RouteBatcher(self.router)
         try:
-            return await asyncio.to_thread(self.router().route, prompt_or_messages)
+            return await self._route_batcher.route(prompt_or_messages, session)
         except InvalidPromptError as err:
             raise InvalidRequest(str(err), param="messages") from None
 
@@ -115,7 +120,10 @@ class CoEService:
             )
         prepared = Prepared(request=request, expert=request.model, input_ids=[], max_tokens=0)
         if request.model == COE_MODEL:
-            decision = await self.route(request.messages if request.messages is not None else request.prompt)
+            decision = await self.route(
+                request.messages if request.messages is not None else request.prompt,
+                getattr(request, "session_id", None),
+            )
             prepared.expert, prepared.category = decision.expert, decision.category
             prepared.routed, prepared.fallback, prepared.entropy = True, decision.fallback, decision.entropy
         elif request.model not in self.expert_ids:

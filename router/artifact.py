@@ -12,34 +12,37 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from safetensors.torch import load_file, save_file
 
+from router.calibration import RiskCoveragePoint
 from router.classifier import CategoryHead, HeadConfig
 from router.metrics import ClassificationReport
-from router.threshold import ThresholdPoint
 
 HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "router.json"
 REPORT_FILE = "report.json"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 
 
 class TrainingReport(BaseModel):
     """What `python -m router.train` measured; stored so a deployed router explains itself."""
 
+    corpus_sha256: str = Field(description="Digest of the corpus trained on (see corpus_manifest.json).")
+    corpus_counts: dict[str, dict[str, int]] = Field(description="source -> category -> prompts.")
     train_count: int
-    heldout_count: int
-    ood_count: int
-    cross_validation_accuracy: float = Field(
-        description="5-fold accuracy on the train split: a second estimate that the held-out split, "
-        "also used to pick tau, did not tune."
+    leave_one_source_out: ClassificationReport = Field(
+        description="Each prompt scored by a head fitted without its source."
     )
-    heldout: ClassificationReport
-    max_fallback_rate: float = Field(description="Held-out fallback budget tau was chosen for.")
-    heldout_fallback_rate: float = Field(description="Held-out share that falls back at the chosen tau.")
+    ece_uncalibrated: float = Field(description="ECE of the out-of-source predictions at T = 1.")
+    ece_calibrated_in_sample: float = Field(
+        description="ECE at the fitted T on the same logits T was fitted on (optimistic; "
+        "router.evaluate reports the nested figure)."
+    )
+    chosen: RiskCoveragePoint = Field(description="The risk-coverage point tau was taken at.")
+    risk_coverage: list[RiskCoveragePoint]
+    ood_count: int
     ood_fallback_rate: float = Field(description="ood.jsonl share that falls back at the chosen tau.")
     ood_fallback_rate_by_label: dict[str, float] = Field(
         default_factory=dict, description='The same per ood.jsonl label ("mixed", "out_of_domain").'
     )
-    tradeoff: list[ThresholdPoint]
 
 
 class RouterArtifact(BaseModel):
@@ -49,10 +52,16 @@ class RouterArtifact(BaseModel):
     categories: list[str] = Field(description="Head output order.")
     encoder: str = Field(
         default="default",
-        description='"default" = the bundled all-MiniLM-L6-v2; otherwise a path to a transformers model dir.',
+        description='"static" = word-piece averages of the bundled all-MiniLM-L6-v2, "default" = that '
+        "transformer itself; otherwise a path to a transformers model dir.",
     )
     head: HeadConfig
-    entropy_threshold: float = Field(ge=0.0, description="tau in nats; entropy > tau falls back.")
+    temperature: float = Field(
+        default=1.0, gt=0.0, description="Logits are divided by T before softmax (calibration)."
+    )
+    entropy_threshold: float = Field(
+        ge=0.0, description="tau in nats; entropy of the calibrated probabilities > tau falls back."
+    )
     category_map: dict[str, str] = Field(description="Expert per category.")
     fallback_expert: str = Field(min_length=1, description="Expert for uncertain prompts (a generalist).")
     report: TrainingReport | None = None

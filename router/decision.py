@@ -30,3 +30,13 @@ class RouteDecision(BaseModel):
         description="True when `entropy` exceeded the router's threshold, so the generalist "
         "fallback expert was chosen instead of the category's expert."
     )
+    follow_up: bool = Field(
+        default=False,
+        description="The last user turn was an elliptical follow-up, so it was classified together "
+        "with the previous user turn (router/conversation.py).",
+    )
+    pinned: bool = Field(
+        default=False,
+        description="`expert` is the session's pinned expert, kept because the router did not move "
+        "to another category with confidence.",
+    )

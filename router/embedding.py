@@ -120,18 +120,24 @@ class Encoder:
         return out
 
 
-_CACHE: dict[Path, Encoder] = {}
+_CACHE: dict[Path | str, object] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_encoder(encoder: str | os.PathLike[str] = DEFAULT_ENCODER) -> Encoder:
-    """Shared `Encoder` per folder, loaded once even when several routers ask at the same time."""
-    path = resolve_encoder_path(encoder)
-    cached = _CACHE.get(path)
+def get_encoder(encoder: str | os.PathLike[str] = DEFAULT_ENCODER):
+    """Shared encoder per name/folder, loaded once even when several routers ask at the same time.
+
+    `"static"` is the word-piece-average encoder (router/static_encoder.py); `"default"` or a
+    folder is a transformer `Encoder`.
+    """
+    from router.static_encoder import STATIC_ENCODER, StaticEncoder
+
+    key = STATIC_ENCODER if str(encoder) == STATIC_ENCODER else resolve_encoder_path(encoder)
+    cached = _CACHE.get(key)
     if cached is not None:
         return cached
     with _CACHE_LOCK:
-        cached = _CACHE.get(path)  # another thread may have loaded it while we waited
+        cached = _CACHE.get(key)  # another thread may have loaded it while we waited
         if cached is None:
-            cached = _CACHE[path] = Encoder(encoder)
+            cached = _CACHE[key] = StaticEncoder() if key == STATIC_ENCODER else Encoder(encoder)
         return cached

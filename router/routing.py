@@ -18,12 +18,21 @@ from pathlib import Path
 import torch
 
 from cluster.paths import router_dir
-from router.artifact import RouterArtifact, artifact_exists, check_category_map, load_artifact, save_artifact
+from router.artifact import (
+    ARTIFACT_VERSION,
+    CONFIG_FILE,
+    RouterArtifact,
+    artifact_exists,
+    check_category_map,
+    load_artifact,
+    save_artifact,
+)
 from router.classifier import CategoryHead, entropy_nats
+from router.conversation import SessionPins, SessionPolicy, routing_text
 from router.decision import RouteDecision
-from router.embedding import Encoder, get_encoder
+from router.embedding import get_encoder
 from router.errors import InvalidPromptError
-from router.prompt import Prompt, prompt_text
+from router.prompt import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +44,12 @@ class Router:
         self,
         artifact: RouterArtifact,
         head: CategoryHead,
-        encoder: Encoder,
+        encoder,
         *,
         category_map: Mapping[str, str] | None = None,
         fallback_expert: str | None = None,
         entropy_threshold: float | None = None,
+        session_policy: SessionPolicy | None = None,
     ):
         if encoder.dim != artifact.head.embedding_dim:
             raise ValueError(
@@ -59,8 +69,10 @@ class Router:
         if isinstance(tau, bool) or not isinstance(tau, int | float) or not tau >= 0:
             raise ValueError(f"entropy_threshold must be a number >= 0 (nats); got {tau!r}")
         self._entropy_threshold = float(tau)
+        self._temperature = float(artifact.temperature)
         self._head = head.eval()
         self._encoder = encoder
+        self.sessions = SessionPins(session_policy)
         self.artifact = artifact
 
     @property
@@ -85,12 +97,15 @@ class Router:
         """tau in nats: a prompt whose category entropy exceeds it goes to the fallback expert."""
         return self._entropy_threshold
 
-    def route(self, prompt: Prompt) -> RouteDecision:
-        """Route one prompt: a string, or OpenAI-style messages (the LAST user turn is read)."""
-        return self._decide([prompt_text(prompt)])[0]
+    def route(self, prompt: Prompt, *, session: str | None = None) -> RouteDecision:
+        """Route one prompt: a string, or OpenAI-style messages (the LAST user turn decides;
+        an elliptical follow-up is read with the turn before it). `session` pins the expert."""
+        return self.route_batch([prompt], sessions=[session])[0]
 
-    def route_batch(self, prompts: Sequence[Prompt]) -> list[RouteDecision]:
-        """Route many prompts in one encoder pass; item i equals `route(prompts[i])`.
+    def route_batch(
+        self, prompts: Sequence[Prompt], *, sessions: Sequence[str | None] | None = None
+    ) -> list[RouteDecision]:
+        """Route many prompts in one encoder pass; item i equals `route(prompts[i], session=sessions[i])`.
 
         All items are checked before any model work, so one bad item fails the whole batch with
         its index in the message.
@@ -100,12 +115,38 @@ class Router:
                 f"route_batch expects a list of prompts; got {type(prompts).__name__} "
                 "(use route() for one prompt)"
             )
-        texts = [prompt_text(p, where=f"prompts[{i}]") for i, p in enumerate(prompts)]
-        return self._decide(texts) if texts else []
+        sessions = list(sessions) if sessions is not None else [None] * len(prompts)
+        if len(sessions) != len(prompts):
+            raise ValueError(f"{len(sessions)} sessions for {len(prompts)} prompts; give one per prompt")
+        where = "prompt" if len(prompts) == 1 else "prompts[{}]"
+        read = [routing_text(p, where=where.format(i)) for i, p in enumerate(prompts)]
+        if not read:
+            return []
+        decisions = self._decide([text for text, _ in read])
+        out = []
+        for (_, follow_up), decision, session in zip(read, decisions, sessions, strict=True):
+            decision = decision.model_copy(update={"follow_up": follow_up}) if follow_up else decision
+            out.append(self._apply_pin(decision, session) if session else decision)
+        return out
+
+    def _apply_pin(self, decision: RouteDecision, session: str) -> RouteDecision:
+        """Keep the session's expert unless this prompt moves to another category with confidence."""
+        pin = self.sessions.get(session)
+        confident = (
+            not decision.fallback
+            and decision.probabilities[decision.category] >= self.sessions.policy.switch_confidence
+        )
+        if pin is None or (confident and decision.category != pin.category):
+            if not decision.fallback:  # an unsure first turn does not pin the generalist
+                self.sessions.put(session, decision.expert, decision.category)
+            return decision
+        self.sessions.put(session, pin.expert, pin.category)  # refresh its idle clock
+        return decision.model_copy(update={"expert": pin.expert, "pinned": True})
 
     def _decide(self, texts: list[str]) -> list[RouteDecision]:
         with torch.inference_mode():
-            probs = torch.softmax(self._head(self._encoder.encode(texts)), dim=-1)  # [N, K]
+            logits = self._head(self._encoder.encode(texts))  # [N, K]
+            probs = torch.softmax(logits / self._temperature, dim=-1)
             entropy = entropy_nats(probs)  # [N]
         decisions = []
         for p, h in zip(probs.tolist(), entropy.tolist(), strict=True):
@@ -126,6 +167,30 @@ class Router:
 _DEFAULT_LOCK = threading.Lock()
 
 
+def _stale_reason(directory: Path) -> str | None:
+    """Why the default artifact must be (re)built, or None when it is current.
+
+    Current = it exists, has this code's layout version and was trained on the corpus the
+    committed manifest describes; so `make serve` after a data or recipe change retrains.
+    """
+    import json
+
+    from router.corpus import MANIFEST_PATH
+
+    if not artifact_exists(directory):
+        return f"no router artifact in {directory}"
+    try:
+        saved = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        expected = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"router artifact in {directory} is unreadable ({err})"
+    if saved.get("version") != ARTIFACT_VERSION:
+        return f"router artifact in {directory} has layout {saved.get('version')}, not {ARTIFACT_VERSION}"
+    if (saved.get("report") or {}).get("corpus_sha256") != expected:
+        return f"router artifact in {directory} was trained on another corpus than {MANIFEST_PATH.name}"
+    return None
+
+
 def _ensure_default_artifact(directory: Path) -> None:
     """Train the default artifact into `directory` if it is missing, so a fresh clone can route.
 
@@ -133,24 +198,27 @@ def _ensure_default_artifact(directory: Path) -> None:
     half an artifact; when two processes race, the first rename wins and the other's copy is dropped.
     """
     with _DEFAULT_LOCK:
-        if artifact_exists(directory):
+        stale = _stale_reason(directory)
+        if stale is None:
             return
         from router.train import format_report, train_router  # training code only when needed
 
-        logger.warning(
-            "no router artifact in %s; training one from the bundled data (a few seconds)", directory
-        )
+        logger.warning("%s; training the router from the corpus (seconds with the static encoder)", stale)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
         try:
             artifact, head = train_router(None)
             save_artifact(tmp, artifact, head)
             tmp.chmod(0o755)  # mkdtemp makes it 0700; the zoo is read by other users' workers
+            old = directory.with_name(f".{directory.name}-stale-{os.getpid()}")
+            if artifact_exists(directory):
+                os.rename(directory, old)  # a stale artifact steps aside; readers see old or new, whole
             try:
                 os.rename(tmp, directory)  # atomic; also replaces an empty `directory`
             except OSError:
                 if not artifact_exists(directory):
                     raise
+            shutil.rmtree(old, ignore_errors=True)
             logger.info("wrote router artifact to %s\n%s", directory, format_report(artifact))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -162,10 +230,12 @@ def load_router(
     category_map: Mapping[str, str] | None = None,
     fallback_expert: str | None = None,
     entropy_threshold: float | None = None,
+    session_policy: SessionPolicy | None = None,
 ) -> Router:
     """Load a trained router.
 
-    path: artifact folder; None = `cluster.paths.router_dir()`, trained there first if missing.
+    path: artifact folder; None = `cluster.paths.router_dir()`, trained there first if missing
+    or stale (older layout, or another corpus than router/data/corpus_manifest.json).
     category_map / fallback_expert / entropy_threshold: replace the artifact's values (the map
     must name an expert for every category).
     """
@@ -182,4 +252,5 @@ def load_router(
         category_map=category_map,
         fallback_expert=fallback_expert,
         entropy_threshold=entropy_threshold,
+        session_policy=session_policy,
     )

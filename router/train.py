@@ -1,10 +1,16 @@
-"""Train the category classifier and calibrate tau: `python -m router.train [--out DIR]`.
+"""Train the router on the multi-source corpus and calibrate it: `python -m router.train [--out DIR]`.
 
-Steps: embed the bundled train / held-out / OOD prompts; fit the head on train only; report
-per-category precision/recall and the confusion matrix on held-out; pick tau on held-out (rule
-in `router.threshold`); report how often OOD prompts fall back; write the artifact
-(head.safetensors, router.json, report.json) to DIR, by default `cluster.paths.router_dir()`.
-Deterministic: a fixed seed and full-batch training give the same head on every run.
+Steps (all seeded, CPU only):
+1. build the corpus from installed packages (`router.corpus`) and embed it;
+2. leave-one-source-out: for each source, fit a head on the others and score that source, so
+   every prompt gets logits from a head that never saw its source (how a new user's prompts look);
+3. fit the temperature T on those out-of-source logits (`router.calibration`);
+4. draw the risk-coverage curve of the calibrated out-of-source predictions and take tau at its
+   highest expected answer quality (score table router/data/demo_scores.csv: the right specialist,
+   a wrong specialist or the generalist each score what the table says);
+5. fit the shipped head on the whole corpus; write head.safetensors, router.json (T, tau, the
+   curve, the map) and report.json to DIR, by default `cluster.paths.router_dir()`.
+`python -m router.evaluate` re-runs step 2 with nested calibration and writes the full report.
 """
 
 from __future__ import annotations
@@ -21,43 +27,113 @@ import torch
 from cluster.paths import router_dir
 from router.artifact import RouterArtifact, TrainingReport, save_artifact
 from router.calibrate import build_category_map, read_scores
-from router.classifier import (
-    CATEGORIES,
-    CategoryHead,
-    HeadConfig,
-    entropy_nats,
-    fit_head,
-    max_entropy_nats,
-    predict_proba,
+from router.calibration import (
+    choose_tau,
+    expected_calibration_error,
+    fit_temperature,
+    risk_coverage_curve,
 )
-from router.data import DEMO_SCORES_PATH, HELDOUT_PATH, OOD_PATH, TRAIN_PATH, LabeledPrompt, load_jsonl
-from router.embedding import DEFAULT_ENCODER, Encoder, get_encoder
+from router.classifier import CATEGORIES, CategoryHead, HeadConfig, entropy_nats, fit_head
+from router.corpus import build_corpus
+from router.data import DEMO_SCORES_PATH, OOD_PATH, load_jsonl
+from router.embedding import get_encoder
 from router.metrics import classification_report, format_classification
-from router.threshold import DEFAULT_MAX_FALLBACK_RATE, choose_threshold, format_tradeoff, tradeoff_table
 
 logger = logging.getLogger(__name__)
 
+# Why "static": on the leave-one-source-out split it is within a few points of the transformer
+# encoder while costing ~0.1 ms instead of ~15 ms a prompt, which is what meets the routing
+# latency target at 32 concurrent requests (bench/results/router_encoders.md has the table).
+DEFAULT_ROUTER_ENCODER = "static"
 # Why "generalist": the demo zoo's broad model; uncertain prompts are safest with it.
 DEFAULT_FALLBACK_EXPERT = "generalist"
-# Why 5 folds: ~135 prompts per fold keeps each fold's accuracy meaningful on ~850 train prompts.
-CV_FOLDS = 5
 
-
-# Embeddings of the data already encoded in this process (~1.7 MB for the bundled data), so
-# retraining with other head settings, or `load_router` training after a test did, skips the encoder.
-_EMBEDDINGS: dict[tuple[Path, tuple[str, ...]], torch.Tensor] = {}
+# Embeddings already computed in this process, per (encoder, texts): tests and evaluate reuse them.
+_EMBEDDINGS: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
 
 
 @dataclass(frozen=True)
-class EmbeddedSplits:
-    """Embeddings of the three splits; tests build this once and train from it repeatedly."""
+class EmbeddedCorpus:
+    """The corpus as tensors; `sources[i]` is the source of row i (the unit held out)."""
 
-    train_x: torch.Tensor  # [N_train, D]
-    train_y: torch.Tensor  # [N_train] category index
-    heldout_x: torch.Tensor  # [N_heldout, D]
-    heldout_y: torch.Tensor  # [N_heldout]
-    ood_x: torch.Tensor  # [N_ood, D]
-    ood_labels: tuple[str, ...] = ()  # "mixed" / "out_of_domain" per OOD prompt, for the report
+    x: torch.Tensor  # [N, D]
+    y: torch.Tensor  # [N] category index
+    sources: tuple[str, ...]
+    prompts: tuple[str, ...]
+    ood_x: torch.Tensor  # [M, D] ood.jsonl: prompts with no right category
+    ood_labels: tuple[str, ...]
+    corpus_sha256: str
+    counts: dict[str, dict[str, int]]
+
+
+def embed(encoder_name: str, texts: list[str]) -> torch.Tensor:
+    key = (encoder_name, tuple(texts))
+    x = _EMBEDDINGS.get(key)
+    if x is None:
+        x = _EMBEDDINGS[key] = get_encoder(encoder_name).encode(list(texts)).clone()
+    return x
+
+
+def embed_corpus(encoder_name: str = DEFAULT_ROUTER_ENCODER) -> EmbeddedCorpus:
+    corpus, manifest = build_corpus()
+    ood = load_jsonl(OOD_PATH)
+    texts = [r.prompt for r in corpus]
+    x = embed(encoder_name, texts + [r.prompt for r in ood])
+    return EmbeddedCorpus(
+        x=x[: len(corpus)],
+        y=torch.tensor([CATEGORIES.index(r.category) for r in corpus]),
+        sources=tuple(r.source for r in corpus),
+        prompts=tuple(texts),
+        ood_x=x[len(corpus) :],
+        ood_labels=tuple(r.category for r in ood),
+        corpus_sha256=manifest.sha256,
+        counts=manifest.counts,
+    )
+
+
+def out_of_source_logits(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sources: tuple[str, ...],
+    config: HeadConfig,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits [N, K] where row i comes from a head fitted on `rows` minus row i's source.
+
+    rows: [N] bool, the rows taking part (default all); rows outside get zeros.
+    """
+    rows = torch.ones(len(y), dtype=torch.bool) if rows is None else rows
+    logits = torch.zeros(len(y), len(CATEGORIES))
+    names = sorted({s for s, r in zip(sources, rows.tolist(), strict=True) if r})
+    source_of = torch.tensor([names.index(s) if s in names else -1 for s in sources])
+    for k, _ in enumerate(names):
+        held = rows & (source_of == k)
+        head = fit_head(x[rows & ~held], y[rows & ~held], config)
+        with torch.inference_mode():
+            logits[held] = head(x[held])
+    return logits
+
+
+def quality_tables(
+    category_map: dict[str, str], fallback_expert: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """expert_quality [K_pred, K_true] and fallback_quality [K_true] from demo_scores.csv.
+
+    An expert the table does not know scores 1 on its own category and 0 elsewhere (a map for
+    another zoo); an unknown fallback scores the table's mean generalist row or 0.5.
+    """
+    scores = read_scores(DEMO_SCORES_PATH)
+    k = len(CATEGORIES)
+    expert_q = torch.zeros(k, k, dtype=torch.float64)
+    for i, predicted in enumerate(CATEGORIES):
+        row = scores.get(category_map[predicted])
+        for j, true in enumerate(CATEGORIES):
+            expert_q[i, j] = row[true] if row else float(i == j)
+    fallback_row = scores.get(fallback_expert)
+    fallback_q = torch.tensor(
+        [fallback_row[c] if fallback_row else 0.5 for c in CATEGORIES], dtype=torch.float64
+    )
+    return expert_q, fallback_q
 
 
 def default_category_map() -> dict[str, str]:
@@ -65,56 +141,7 @@ def default_category_map() -> dict[str, str]:
     return build_category_map(read_scores(DEMO_SCORES_PATH))
 
 
-def _labels(rows: list[LabeledPrompt], split: str) -> torch.Tensor:
-    unknown = sorted({r.category for r in rows} - set(CATEGORIES))
-    if unknown:
-        raise ValueError(
-            f"{split} split has categories {unknown} that are not router categories {CATEGORIES}"
-        )
-    return torch.tensor([CATEGORIES.index(r.category) for r in rows], dtype=torch.long)
-
-
-def embed_splits(
-    encoder: Encoder, train: list[LabeledPrompt], heldout: list[LabeledPrompt], ood: list[LabeledPrompt]
-) -> EmbeddedSplits:
-    """Embed all three splits in one call so batches pack prompts of similar length together.
-
-    Memoised per process on (encoder folder, texts); a cached result is bit-identical to a fresh one.
-    """
-    texts = tuple(r.prompt for r in train + heldout + ood)
-    key = (encoder.path, texts)
-    x = _EMBEDDINGS.get(key)
-    if x is None:
-        x = _EMBEDDINGS[key] = encoder.encode(list(texts)).clone()  # clone: a plain tensor for autograd
-    a, b = len(train), len(train) + len(heldout)
-    return EmbeddedSplits(
-        train_x=x[:a],
-        train_y=_labels(train, "train"),
-        heldout_x=x[a:b],
-        heldout_y=_labels(heldout, "heldout"),
-        ood_x=x[b:],
-        ood_labels=tuple(r.category for r in ood),
-    )
-
-
-def cross_validation_accuracy(
-    x: torch.Tensor, y: torch.Tensor, config: HeadConfig, folds: int = CV_FOLDS
-) -> float:
-    """Mean k-fold accuracy on the train split with a seeded shuffle."""
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))
-    correct = 0
-    for k in range(folds):
-        test = order[k::folds]
-        mask = torch.ones(len(y), dtype=torch.bool)
-        mask[test] = False
-        head = fit_head(x[mask], y[mask], config)
-        correct += int((predict_proba(head, x[test]).argmax(-1) == y[test]).sum())
-    return correct / len(y)
-
-
 def _rate_by_label(fell_back: torch.Tensor, labels: tuple[str, ...]) -> dict[str, float]:
-    if len(labels) != len(fell_back):
-        return {}
     return {
         label: float(fell_back[[i for i, x in enumerate(labels) if x == label]].double().mean())
         for label in sorted(set(labels))
@@ -122,43 +149,45 @@ def _rate_by_label(fell_back: torch.Tensor, labels: tuple[str, ...]) -> dict[str
 
 
 def fit_router(
-    splits: EmbeddedSplits,
+    data: EmbeddedCorpus,
     *,
-    encoder: str = DEFAULT_ENCODER,
+    encoder: str = DEFAULT_ROUTER_ENCODER,
     head_config: HeadConfig | None = None,
-    max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE,
     category_map: dict[str, str] | None = None,
     fallback_expert: str = DEFAULT_FALLBACK_EXPERT,
 ) -> tuple[RouterArtifact, CategoryHead]:
-    """Fit the head on train, evaluate and calibrate tau on held-out, measure OOD fallback."""
-    config = head_config or HeadConfig(embedding_dim=splits.train_x.shape[1], num_categories=len(CATEGORIES))
-    head = fit_head(splits.train_x, splits.train_y, config)
-    max_h = max_entropy_nats(len(CATEGORIES))
+    """Out-of-source logits -> T and tau; then the shipped head on everything."""
+    config = head_config or HeadConfig(embedding_dim=data.x.shape[1], num_categories=len(CATEGORIES))
+    category_map = category_map or default_category_map()
+    logits = out_of_source_logits(data.x, data.y, data.sources, config)
+    temperature = fit_temperature(logits, data.y)
+    raw_p, cal_p = torch.softmax(logits, -1), torch.softmax(logits / temperature, -1)
+    curve = risk_coverage_curve(cal_p, data.y, *quality_tables(category_map, fallback_expert))
+    chosen = choose_tau(curve)
 
-    heldout_p = predict_proba(head, splits.heldout_x)  # [N, K]
-    heldout_h = entropy_nats(heldout_p)
-    predicted = heldout_p.argmax(-1)
-    tau = choose_threshold(heldout_h, max_fallback_rate, max_h)
-    ood_h = entropy_nats(predict_proba(head, splits.ood_x)) if len(splits.ood_x) else torch.empty(0)
-
+    head = fit_head(data.x, data.y, config)
+    with torch.inference_mode():
+        ood_h = entropy_nats(torch.softmax(head(data.ood_x) / temperature, -1))
     report = TrainingReport(
-        train_count=len(splits.train_y),
-        heldout_count=len(splits.heldout_y),
+        corpus_sha256=data.corpus_sha256,
+        corpus_counts=data.counts,
+        train_count=len(data.y),
+        leave_one_source_out=classification_report(data.y, logits.argmax(-1), CATEGORIES),
+        ece_uncalibrated=expected_calibration_error(raw_p, data.y),
+        ece_calibrated_in_sample=expected_calibration_error(cal_p, data.y),
+        chosen=chosen,
+        risk_coverage=curve,
         ood_count=len(ood_h),
-        cross_validation_accuracy=cross_validation_accuracy(splits.train_x, splits.train_y, config),
-        heldout=classification_report(splits.heldout_y, predicted, CATEGORIES),
-        max_fallback_rate=max_fallback_rate,
-        heldout_fallback_rate=float((heldout_h > tau).double().mean()),
-        ood_fallback_rate=float((ood_h > tau).double().mean()) if len(ood_h) else 0.0,
-        ood_fallback_rate_by_label=_rate_by_label(ood_h > tau, splits.ood_labels),
-        tradeoff=tradeoff_table(heldout_h, predicted == splits.heldout_y, max_h, ood_h),
+        ood_fallback_rate=float((ood_h > chosen.entropy_threshold).double().mean()) if len(ood_h) else 0.0,
+        ood_fallback_rate_by_label=_rate_by_label(ood_h > chosen.entropy_threshold, data.ood_labels),
     )
     artifact = RouterArtifact(
         categories=list(CATEGORIES),
         encoder=encoder,
         head=config,
-        entropy_threshold=tau,
-        category_map=category_map or default_category_map(),
+        temperature=temperature,
+        entropy_threshold=chosen.entropy_threshold,
+        category_map=category_map,
         fallback_expert=fallback_expert,
         report=report,
     )
@@ -166,18 +195,10 @@ def fit_router(
 
 
 def train_router(
-    out_dir: Path | None,
-    *,
-    encoder: str = DEFAULT_ENCODER,
-    train_path: Path = TRAIN_PATH,
-    heldout_path: Path = HELDOUT_PATH,
-    ood_path: Path = OOD_PATH,
-    **fit_kwargs,
+    out_dir: Path | None, *, encoder: str = DEFAULT_ROUTER_ENCODER, **fit_kwargs
 ) -> tuple[RouterArtifact, CategoryHead]:
-    """Embed the data files, fit, and (if `out_dir`) write the artifact there."""
-    train, heldout, ood = load_jsonl(train_path), load_jsonl(heldout_path), load_jsonl(ood_path)
-    splits = embed_splits(get_encoder(encoder), train, heldout, ood)
-    artifact, head = fit_router(splits, encoder=encoder, **fit_kwargs)
+    """Build and embed the corpus, fit, and (if `out_dir`) write the artifact there."""
+    artifact, head = fit_router(embed_corpus(encoder), encoder=encoder, **fit_kwargs)
     if out_dir is not None:
         save_artifact(out_dir, artifact, head)
     return artifact, head
@@ -187,21 +208,22 @@ def format_report(artifact: RouterArtifact) -> str:
     r = artifact.report
     if r is None:
         return "(artifact has no training report)"
+    loso = format_classification(r.leave_one_source_out).replace(
+        "held-out accuracy", "leave-one-source-out accuracy"
+    )
     return "\n".join(
         [
-            f"train {r.train_count} / held-out {r.heldout_count} / ood {r.ood_count} prompts; "
-            f"{CV_FOLDS}-fold CV accuracy on train: {r.cross_validation_accuracy:.3f}",
+            f"corpus: {r.train_count} prompts from {len(r.corpus_counts)} sources "
+            f"(sha256 {r.corpus_sha256[:12]}); encoder {artifact.encoder!r}",
             "",
-            format_classification(r.heldout),
+            loso,
             "",
-            "entropy threshold trade-off (held-out; a prompt falls back when entropy > tau):",
-            format_tradeoff(r.tradeoff, artifact.entropy_threshold),
-            "",
-            f"chosen tau = {artifact.entropy_threshold:.4f} nats (lowest tau with held-out fallback <= "
-            f"{r.max_fallback_rate:.0%}; max entropy ln {len(artifact.categories)} = "
-            f"{max_entropy_nats(len(artifact.categories)):.4f})",
-            f"held-out fallback rate: {r.heldout_fallback_rate:.3f}   "
-            f"ood fallback rate: {r.ood_fallback_rate:.3f} "
+            f"temperature T = {artifact.temperature:.3f} (fitted on out-of-source logits); "
+            f"ECE {r.ece_uncalibrated:.3f} -> {r.ece_calibrated_in_sample:.3f} (in-sample; "
+            "`python -m router.evaluate` reports nested held-out ECE)",
+            f"tau = {artifact.entropy_threshold:.4f} nats: coverage {r.chosen.coverage:.3f}, risk "
+            f"{r.chosen.risk:.3f}, expected quality {r.chosen.expected_quality:.3f} (highest on the curve)",
+            f"ood.jsonl fallback rate: {r.ood_fallback_rate:.3f} "
             + " ".join(f"({k}: {v:.3f})" for k, v in r.ood_fallback_rate_by_label.items()),
             f"category map: {artifact.category_map}; fallback expert: {artifact.fallback_expert}",
         ]
@@ -213,12 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="artifact folder (default: cluster.paths.router_dir())"
     )
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help='"default" or a transformers model folder')
-    parser.add_argument("--train", type=Path, default=TRAIN_PATH)
-    parser.add_argument("--heldout", type=Path, default=HELDOUT_PATH)
-    parser.add_argument("--ood", type=Path, default=OOD_PATH)
-    parser.add_argument("--max-fallback-rate", type=float, default=DEFAULT_MAX_FALLBACK_RATE)
-    parser.add_argument("--hidden-dim", type=int, default=0, help="0 = linear head")
+    parser.add_argument(
+        "--encoder",
+        default=DEFAULT_ROUTER_ENCODER,
+        help='"static" (default), "default" (the all-MiniLM-L6-v2 transformer) or a transformers folder',
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--category-map", type=Path, help="JSON {category: expert}, e.g. from router.calibrate"
@@ -229,18 +250,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = (args.out or router_dir()).resolve()
     encoder = get_encoder(args.encoder)
-    config = HeadConfig(
-        embedding_dim=encoder.dim, num_categories=len(CATEGORIES), hidden_dim=args.hidden_dim, seed=args.seed
-    )
+    config = HeadConfig(embedding_dim=encoder.dim, num_categories=len(CATEGORIES), seed=args.seed)
     category_map = json.loads(args.category_map.read_text(encoding="utf-8")) if args.category_map else None
     artifact, _ = train_router(
         out_dir,
         encoder=args.encoder,
-        train_path=args.train,
-        heldout_path=args.heldout,
-        ood_path=args.ood,
         head_config=config,
-        max_fallback_rate=args.max_fallback_rate,
         category_map=category_map,
         fallback_expert=args.fallback_expert,
     )

@@ -1,126 +1,120 @@
-"""The trained router end to end: accuracy targets, OOD fallback, the route API and the CLI.
+"""The shipped router end to end: its report, the guide's hard cases, conversations, sessions, API, CLI.
 
-The bundled prompts are embedded once per module (the slow part); every head below is trained
-from those embeddings on the train split only, into a tmp folder, never into the zoo.
+Uses the default artifact (`load_router()`, trained once into the zoo folder if missing or stale,
+shared with the serving tests), so the router tested is the one `make serve` builds.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from cluster.paths import REPO_ROOT
+from cluster.paths import REPO_ROOT, router_dir
 from router import CATEGORIES, InvalidPromptError, RouteDecision, load_router
-from router.artifact import HEAD_FILE, REPORT_FILE, save_artifact
-from router.data import HELDOUT_PATH, OOD_PATH, TRAIN_PATH, load_jsonl
-from router.embedding import get_encoder
-from router.train import EmbeddedSplits, embed_splits, fit_router
-
-MIN_ACCURACY = 0.90
-MIN_RECALL = 0.80
+from router.conversation import SessionPolicy
+from router.corpus import MANIFEST_PATH
+from router.data import HELDOUT_PATH, load_jsonl
 
 
 @pytest.fixture(scope="module")
-def splits() -> EmbeddedSplits:
-    return embed_splits(get_encoder(), load_jsonl(TRAIN_PATH), load_jsonl(HELDOUT_PATH), load_jsonl(OOD_PATH))
+def router():
+    return load_router()
 
 
-@pytest.fixture(scope="module")
-def trained(splits):
-    return fit_router(splits)
-
-
-@pytest.fixture(scope="module")
-def artifact_dir(trained, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("router")
-    save_artifact(directory, *trained)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def router(artifact_dir):
-    return load_router(artifact_dir)
-
-
-def test_heldout_accuracy_is_at_least_90_percent_and_80_percent_per_category(trained):
-    report = trained[0].report.heldout
-    recalls = {c: m.recall for c, m in report.per_category.items()}
-    assert report.accuracy >= MIN_ACCURACY, report
-    assert min(recalls.values()) >= MIN_RECALL, recalls
-    assert sum(map(sum, report.confusion)) == len(load_jsonl(HELDOUT_PATH))
-
-
-def test_tau_keeps_heldout_fallback_within_budget_and_ood_prompts_fall_back_more(trained):
-    artifact, _ = trained
+def test_shipped_artifact_carries_its_loso_report_temperature_and_tau(router):
+    artifact = router.artifact
     report = artifact.report
-    assert 0 < artifact.entropy_threshold < math.log(len(CATEGORIES))
-    assert report.heldout_fallback_rate <= report.max_fallback_rate
-    assert report.ood_count > 0
-    assert report.ood_fallback_rate > report.heldout_fallback_rate
-    rates = [row.fallback_rate for row in report.tradeoff]
-    assert rates == sorted(rates), "a larger fallback budget must never fall back less"
+    assert report.corpus_sha256 == json.loads(MANIFEST_PATH.read_text())["sha256"]
+    assert artifact.temperature > 0 and 0 < artifact.entropy_threshold <= math.log(len(CATEGORIES))
+    assert report.chosen in report.risk_coverage
+    assert report.chosen.expected_quality == max(p.expected_quality for p in report.risk_coverage)
+    assert sum(map(sum, report.leave_one_source_out.confusion)) == report.train_count
+    assert report.ece_calibrated_in_sample < report.ece_uncalibrated
 
 
-def test_serving_path_reproduces_the_reported_ood_fallback_rate(router, trained):
-    prompts = [r.prompt for r in load_jsonl(OOD_PATH)]
-    fallbacks = sum(d.fallback for d in router.route_batch(prompts))
-    # Batching differs from training, so an entropy right at tau may flip: allow one prompt.
-    assert abs(fallbacks / len(prompts) - trained[0].report.ood_fallback_rate) <= 1 / len(prompts)
+# The hard cases router/README.md decides; each must route as the guide says.
+GUIDE_CASES = [
+    ("A 2 kg block slides down a frictionless 30 degree incline. What is its acceleration?", "science"),
+    ("Balance the chemical equation for the combustion of propane.", "science"),
+    ("Prove that the square root of 2 is irrational.", "math"),
+    ("How many ways can 5 people sit around a round table?", "math"),
+    ('def is_palindrome(s: str) -> bool:\n    """True if s reads the same backwards."""\n', "code"),
+    ("Can you review this Go code and tell me why the goroutine leaks?", "code"),
+    ("Should I pay off my car loan early or invest the money in an index fund?", "finance"),
+    ("Draft a non-disclosure agreement between my startup and a contractor.", "law"),
+    ("Is it safe to take ibuprofen if I have kidney disease?", "medicine"),
+    ("Write a short poem about autumn leaves.", "writing"),
+    ("hi, how are you doing today?", "general"),
+]
 
 
-def test_training_is_deterministic(splits, trained):
-    _, again = fit_router(splits)
-    first = trained[1].state_dict()
-    assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())
+@pytest.mark.parametrize(("prompt", "category"), GUIDE_CASES)
+def test_guide_hard_cases_route_as_the_guide_says(router, prompt, category):
+    assert router.route(prompt).category == category
 
 
-def test_decision_is_a_typed_model_with_a_distribution_over_all_categories(router):
-    decision = router.route("Can my landlord keep my deposit for a small carpet stain?")
-    assert isinstance(decision, RouteDecision)
-    assert decision.category == "law" and decision.expert == "law" and not decision.fallback
-    assert list(decision.probabilities) == list(CATEGORIES)
-    assert sum(decision.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert 0 <= decision.entropy <= math.log(len(CATEGORIES))
-    assert router.route("What is the capital of France?").expert == "generalist"
-
-
-def test_chat_messages_are_routed_on_the_last_user_turn(router):
-    question = "What are the side effects of ibuprofen for someone with kidney disease?"
-    messages = [
-        {"role": "system", "content": "You are a senior Python engineer. Answer with code."},
-        {"role": "user", "content": "Write a function that merges two sorted lists."},
-        {"role": "assistant", "content": "def merge(a, b): ..."},
-        {"role": "user", "content": [{"type": "text", "text": question}]},
+def test_an_elliptical_follow_up_keeps_the_conversation_category(router):
+    code = [
+        {"role": "user", "content": "Write a Python function that reverses a linked list."},
+        {"role": "assistant", "content": "def reverse(head): ..."},
+        {"role": "user", "content": "now in Java"},
     ]
-    decision = router.route(messages)
-    assert decision.category == "medicine"
-    assert decision == router.route(question)
+    decision = router.route(code)
+    assert decision.follow_up and decision.category == "code"
+    physics = [
+        {"role": "user", "content": "What is the moment of inertia of a solid sphere about its axis?"},
+        {"role": "assistant", "content": "I = 2/5 m r^2"},
+        {"role": "user", "content": "and for a hollow one?"},
+    ]
+    decision = router.route(physics)
+    assert decision.follow_up and decision.category == "science"
+
+
+def test_a_session_pin_holds_until_a_confident_move_and_then_moves(tmp_path):
+    sticky = load_router(session_policy=SessionPolicy(switch_confidence=1.0))  # nothing is that sure
+    first = sticky.route("Write a Python function that merges two sorted lists.", session="s1")
+    assert first.category == "code" and not first.pinned
+    other = sticky.route("What are the symptoms of appendicitis in children?", session="s1")
+    assert other.category == "medicine" and other.pinned and other.expert == first.expert
+
+    movable = load_router(session_policy=SessionPolicy(switch_confidence=0.0))  # any clear change moves
+    movable.route("Write a Python function that merges two sorted lists.", session="s2")
+    moved = movable.route("What are the symptoms of appendicitis in children?", session="s2")
+    assert moved.category == "medicine" and not moved.pinned
+    assert moved.expert == movable.category_map["medicine"]
+    back = movable.route("Write a Python function that merges two sorted lists.", session="s2")
+    assert not back.pinned and back.category == "code"
+    # Another session is not affected, and no session means no pin.
+    assert not movable.route("What are the symptoms of appendicitis in children?").pinned
 
 
 def test_route_batch_equals_route_per_item(router):
     prompts = [
-        "Prove that there are infinitely many twin primes? Just kidding: prove infinitely many primes.",
+        "Prove there are infinitely many primes.",
         "hi",
         [{"role": "user", "content": "How do I set up a Roth IRA?"}],
         "Write a limerick about a cat. " * 20,
         "Explain how a transistor amplifies a signal.",
     ]
     batch = router.route_batch(prompts)
-    assert len(batch) == len(prompts)
     for prompt, got in zip(prompts, batch, strict=True):
         alone = router.route(prompt)
         assert (got.category, got.expert, got.fallback) == (alone.category, alone.expert, alone.fallback)
-        assert got.entropy == pytest.approx(alone.entropy, abs=1e-4)
-        assert got.probabilities == pytest.approx(alone.probabilities, abs=1e-4)
+        assert got.probabilities == pytest.approx(alone.probabilities, abs=1e-5)
     assert router.route_batch([]) == []
+
+
+def test_decision_is_a_typed_model_with_a_calibrated_distribution(router):
+    decision = router.route("Can my landlord keep my deposit for a small carpet stain?")
+    assert isinstance(decision, RouteDecision) and decision.category == "law"
+    assert list(decision.probabilities) == list(CATEGORIES)
+    assert sum(decision.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert 0 <= decision.entropy <= math.log(len(CATEGORIES))
 
 
 def test_route_is_safe_to_call_from_many_threads(router):
@@ -145,21 +139,16 @@ def test_one_bad_item_fails_the_batch_and_names_its_index(router):
         router.route_batch(["fine", "also fine", "  "])
     with pytest.raises(InvalidPromptError, match="expects a list"):
         router.route_batch("a string is not a batch")
-    with pytest.raises(InvalidPromptError, match="wrap the conversation"):
-        router.route_batch([{"role": "user", "content": "a bare message is not a conversation"}])
 
 
-def test_overrides_replace_the_map_fallback_and_tau(artifact_dir):
+def test_overrides_replace_the_map_fallback_and_tau():
     tiny = dict.fromkeys(CATEGORIES, "tiny-a") | {"code": "tiny-b"}
-    never = load_router(artifact_dir, category_map=tiny, fallback_expert="tiny-gen", entropy_threshold=100.0)
+    never = load_router(category_map=tiny, fallback_expert="tiny-gen", entropy_threshold=100.0)
     assert never.experts == {"tiny-a", "tiny-b", "tiny-gen"}
     assert never.route("Write a Rust function that parses a CSV line.").expert == "tiny-b"
-    assert never.route("What is the capital of Italy?").expert == "tiny-a"
-
-    always = load_router(artifact_dir, fallback_expert="tiny-gen", entropy_threshold=0.0)
+    always = load_router(fallback_expert="tiny-gen", entropy_threshold=0.0)
     decision = always.route("Write a Rust function that parses a CSV line.")
     assert decision.fallback and decision.expert == "tiny-gen" and decision.category == "code"
-    assert always.category_map["general"] == "generalist"  # the artifact's map is kept
 
 
 @pytest.mark.parametrize(
@@ -167,14 +156,13 @@ def test_overrides_replace_the_map_fallback_and_tau(artifact_dir):
     [
         ({"category_map": {"code": "x"}}, "missing"),
         ({"category_map": dict.fromkeys([*CATEGORIES, "poetry"], "x")}, r"unknown \['poetry'\]"),
-        ({"category_map": dict.fromkeys(CATEGORIES, " ")}, "no expert name"),
         ({"fallback_expert": ""}, "fallback_expert"),
         ({"entropy_threshold": -1.0}, "entropy_threshold"),
     ],
 )
-def test_bad_overrides_are_rejected_with_the_reason(artifact_dir, overrides, fragment):
+def test_bad_overrides_are_rejected_with_the_reason(overrides, fragment):
     with pytest.raises(ValueError, match=fragment):
-        load_router(artifact_dir, **overrides)
+        load_router(**overrides)
 
 
 def test_missing_artifact_at_an_explicit_path_says_how_to_build_it(tmp_path):
@@ -182,40 +170,11 @@ def test_missing_artifact_at_an_explicit_path_says_how_to_build_it(tmp_path):
         load_router(tmp_path / "nowhere")
 
 
-def test_default_path_trains_the_artifact_when_missing_like_router_train(
-    tmp_path, monkeypatch, caplog, trained
-):
-    target = tmp_path / "zoo" / "router"
-    monkeypatch.setenv("COE_ROUTER_DIR", str(target))
-    with caplog.at_level(logging.INFO, logger="router.routing"):
-        router = load_router()
-    assert "training one from the bundled data" in caplog.text
-    assert (target / REPORT_FILE).is_file()
-    assert router.route("How do I sort a dict by value in Python?").expert == "code"
-    written = load_file(target / HEAD_FILE)
-    assert all(torch.equal(written[k], v) for k, v in trained[1].state_dict().items())
-    assert not [p for p in target.parent.iterdir() if p.name != "router"], "temporary folder left behind"
-
-
-def test_cli_route_prints_the_decision_as_json(artifact_dir):
-    run = subprocess.run(
-        [sys.executable, "-m", "router", "route", "--path", str(artifact_dir), "Is 221 a prime number?"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
+def test_cli_route_prints_the_decision_as_json(router):
+    args = [sys.executable, "-m", "router", "route", "--path", str(router_dir())]
+    kw = {"capture_output": True, "text": True, "cwd": REPO_ROOT, "timeout": 300, "check": False}
+    run = subprocess.run([*args, "Is 221 a prime number?"], **kw)
     assert run.returncode == 0, run.stderr
-    decision = RouteDecision.model_validate(json.loads(run.stdout))
-    assert decision.category == "math"
-
-    bad = subprocess.run(
-        [sys.executable, "-m", "router", "route", "--path", str(artifact_dir), "  "],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
+    assert RouteDecision.model_validate(json.loads(run.stdout)).category == "math"
+    bad = subprocess.run([*args, "  "], **kw)
     assert bad.returncode == 2 and "empty" in bad.stderr
