@@ -13,6 +13,10 @@ from cluster.config import ClusterConfig
 
 APP_BUILDER = "deployments.app:build_app"
 GRPC_SERVICER = "deployments.coe_pb2_grpc.add_CoEServicer_to_server"
+# grpc.health.v1 for Kubernetes gRPC probes; the proxy forwards its RPCs to the ingress's Check/Watch
+# (deployments/grpc_health.py).
+GRPC_HEALTH_SERVICER = "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"
+GRPC_SERVICERS = [GRPC_SERVICER, GRPC_HEALTH_SERVICER]
 # Importing it generates the stub module the gRPC proxy imports (from coe.proto) when missing.
 GRPC_STUBS_MODULE = "deployments.grpc_stubs"
 
@@ -38,7 +42,7 @@ def grpc_options(config: ClusterConfig) -> dict:
     first (a multi-node image runs `python -m deployments.protogen` at build time).
     """
     importlib.import_module(GRPC_STUBS_MODULE)
-    return {"port": config.serve.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
+    return {"port": config.serve.grpc_port, "grpc_servicer_functions": list(GRPC_SERVICERS)}
 
 
 def deploy_application(config: ClusterConfig) -> None:

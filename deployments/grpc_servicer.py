@@ -24,7 +24,6 @@ Request handling is the HTTP path's: the same pydantic validation (openai_models
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 from deployments.errors import CoEError, InvalidRequest, internal_error, schema_error
 from deployments.gate import gated
 from deployments.grpc_stubs import coe_pb2
+from deployments.model_cards import category_map
 from deployments.openai_models import ChatCompletionRequest, CoEInfo, CompletionRequest, RouteRequest
 from deployments.service import COE_MODEL
 from deployments.wire import GenerationRequest
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from cluster.config import ClusterConfig
     from deployments.gate import Gate
     from deployments.service import CoEService, Prepared
+    from deployments.telemetry import Telemetry
 
 logger = logging.getLogger("ray.serve")
 
@@ -122,17 +123,21 @@ class GrpcServicerMixin:
     config: ClusterConfig
     service: CoEService
     gate: Gate
+    telemetry: Telemetry
 
     @gated(work=True)
     async def Generate(
         self, request: coe_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> coe_pb2.GenerateReply:
+        trace = self.telemetry.trace("grpc", "Generate")
         try:
             prepared = await self.service.prepare(generation_request(request, stream=False))
-            info: list[CoEInfo] = []
+            trace.bind(prepared)
+            info: list[CoEInfo] = trace.info_out
             parts, finish, tokens = [], "stop", 0
             async with contextlib.aclosing(self.service.stream(prepared, info)) as events:
                 async for event in events:
+                    trace.saw(event)
                     parts.append(event.text)
                     tokens = event.completion_tokens or tokens
                     finish = event.finish_reason or finish
@@ -141,24 +146,32 @@ class GrpcServicerMixin:
             )
             if info:
                 reply.coe.CopyFrom(_info_proto(info[0]))
+            trace.finish()
             return reply
         except Exception as err:
+            trace.fail(err)
             grpc_abort(grpc_context, err)
+        finally:
+            trace.abort()  # a no-op unless the call was cancelled (client deadline or hang-up)
 
     @gated(work=True)
     async def GenerateStream(
         self, request: coe_pb2.GenerateRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[coe_pb2.GenerateChunk]:
+        trace = self.telemetry.trace("grpc", "GenerateStream", stream=True)
         try:
             prepared = await self.service.prepare(generation_request(request, stream=True))
         except Exception as err:
+            trace.fail(err)
             grpc_abort(grpc_context, err)
-        info: list[CoEInfo] = []
+        trace.bind(prepared)
+        info: list[CoEInfo] = trace.info_out
         tokens, sent_info, finished = 0, False, False
         # aclosing: a cancelled or failed call closes the service stream, which frees the lease.
         async with contextlib.aclosing(self.service.stream(prepared, info)) as events:
             try:
                 async for event in events:
+                    trace.saw(event)
                     tokens = event.completion_tokens or tokens
                     if not (event.text or event.finish_reason):
                         continue
@@ -170,8 +183,12 @@ class GrpcServicerMixin:
                         chunk.usage.CopyFrom(_usage(prepared, tokens))
                         finished = True
                     yield chunk
+                trace.finish()
             except Exception as err:
+                trace.fail(err)
                 grpc_abort(grpc_context, err)
+            finally:
+                trace.abort()  # a no-op unless the call was cancelled (client deadline or hang-up)
         if not finished:  # the socket ended without a finish_reason: still close with the usage
             yield coe_pb2.GenerateChunk(finish_reason="stop", usage=_usage(prepared, tokens))
 
@@ -207,15 +224,13 @@ class GrpcServicerMixin:
         self, request: coe_pb2.ListExpertsRequest, grpc_context: RayServegRPCContext
     ) -> coe_pb2.ListExpertsReply:
         try:
-            category_map = self.config.router.category_map
-            if category_map is None:  # the trained artifact's map: load the router off the event loop
-                category_map = (await asyncio.to_thread(self.service.router)).category_map
+            categories = await category_map(self.config, self.service)
             fallback = self.config.router.fallback_expert
             experts = [
                 coe_pb2.Expert(
                     id=expert.id,
                     size_bytes=expert.size_bytes,
-                    categories=sorted(c for c, e in category_map.items() if e == expert.id),
+                    categories=sorted(c for c, e in categories.items() if e == expert.id),
                     fallback=expert.id == fallback,
                 )
                 for expert in self.config.experts

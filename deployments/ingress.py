@@ -1,18 +1,18 @@
 """`CoERouter`: the ingress deployment. OpenAI-compatible HTTP (and gRPC, see grpc_servicer.py).
 
 Routes: POST /v1/chat/completions, POST /v1/completions (both streaming over SSE or not),
-GET /v1/models, POST /v1/route, GET /v1/memtier, GET /healthz. `model: "coe"` is routed by the
-router; an expert id bypasses it. Every answer carries a `coe` object and `x-coe-*` headers.
+GET /v1/models, GET /v1/models/{id}, POST /v1/route, GET /v1/memtier, GET /healthz, GET /metrics
+(Prometheus, deployments/metrics.py). `model: "coe"` is routed by the router; an expert id
+bypasses it. Every answer carries a `coe` object and `x-coe-*` headers; every generation request
+ends in one JSON log line (deployments/request_log.py).
 """
 
 import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 
@@ -21,24 +21,28 @@ from deployments.errors import (
     BodyTooLarge,
     CoEError,
     InvalidRequest,
+    ModelNotFound,
     error_body,
     internal_error,
     schema_error,
 )
 from deployments.gate import Gate, GateMiddleware
+from deployments.grpc_health import GrpcHealthMixin
 from deployments.grpc_servicer import GrpcServicerMixin
+from deployments.metrics_hub import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from deployments.model_cards import ModelCard, category_map, model_cards
 from deployments.openai_models import (
     ChatCompletionRequest,
-    CoEInfo,
     CompletionRequest,
     RouteRequest,
-    Usage,
 )
-from deployments.service import COE_MODEL, CoEService, Prepared
+from deployments.openai_responses import prepare_all, respond
+from deployments.telemetry import ArrivalMiddleware, MeteredService, Telemetry
 
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="CoE Serve", description="Composition-of-Experts serving with three-tier expert paging")
 app.add_middleware(GateMiddleware)  # API keys, rate limits, admission: before any handler (gate.py)
+app.add_middleware(ArrivalMiddleware)  # outermost: stamps arrival before the gate (telemetry.py)
 
 
 def _error_response(err: CoEError) -> JSONResponse:
@@ -46,23 +50,13 @@ def _error_response(err: CoEError) -> JSONResponse:
     return JSONResponse(error_body(err), status_code=err.status, headers=headers)
 
 
-def _coe_headers(info: CoEInfo) -> dict[str, str]:
-    headers = {"x-coe-expert": info.expert, "x-coe-tier": info.tier, "x-coe-socket": info.socket}
-    if info.category:
-        headers["x-coe-category"] = info.category
-    return headers
-
-
-def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
-
-
 @serve.ingress(app)
-class CoERouter(GrpcServicerMixin):
+class CoERouter(GrpcServicerMixin, GrpcHealthMixin):
     def __init__(self, config: ClusterConfig, sockets) -> None:
         self.config = config
         self.gate = app.state.coe_gate = Gate.from_config(config)  # one replica per process
-        self.service = CoEService(config, sockets)
+        self.service = MeteredService(config, sockets)
+        self.telemetry = app.state.coe_telemetry = Telemetry(config)
         self.started_s = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -83,119 +77,24 @@ class CoERouter(GrpcServicerMixin):
         return data
 
     async def _handle(self, request: Request, kind: str) -> Response:
+        trace = self.telemetry.http_trace(request, "chat.completions" if kind == "chat" else "completions")
         try:
             data = await self._read_json(request)
             try:
                 body = (ChatCompletionRequest if kind == "chat" else CompletionRequest).model_validate(data)
             except ValidationError as err:
                 raise schema_error(err) from None
-            generation = body.to_generation()
-            prepared = await self.service.prepare(generation)
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            if body.stream:
-                return await self._stream(prepared, kind, include_usage)
-            return await self._complete(prepared, kind)
+            prepared = await prepare_all(self.service, body)  # one per prompt (openai_responses.py)
+            trace.bind(prepared[0])
+            return await respond(self.service, trace, prepared, kind, body.output(), body.model)
         except CoEError as err:
-            return _error_response(err)
+            return _error_response(trace.fail(err))
         except Exception as err:
             logger.exception("unexpected error")
-            return _error_response(internal_error(err))
-
-    async def _complete(self, prepared: Prepared, kind: str) -> Response:
-        info: list[CoEInfo] = []
-        parts, finish, tokens = [], "stop", 0
-        async for event in self.service.stream(prepared, info, buffered=True):
-            parts.append(event.text)
-            tokens = event.completion_tokens or tokens
-            finish = event.finish_reason or finish
-        text = "".join(parts)
-        usage = Usage.of(len(prepared.input_ids), tokens)
-        rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
-        choice = (
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            if kind == "chat"
-            else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        )
-        body = {
-            "id": rid,
-            "object": "chat.completion" if kind == "chat" else "text_completion",
-            "created": created,
-            "model": prepared.expert,
-            "choices": [choice],
-            "usage": usage.model_dump(),
-            "coe": info[0].model_dump() if info else None,
-        }
-        return JSONResponse(body, headers=_coe_headers(info[0]) if info else None)
-
-    async def _stream(self, prepared: Prepared, kind: str, include_usage: bool) -> Response:
-        info: list[CoEInfo] = []
-        events = self.service.stream(prepared, info).__aiter__()
-        # Wait for the activation (and first token) so headers can say which expert and tier served it,
-        # and so errors before the first token are proper HTTP errors, not a broken stream.
-        try:
-            first = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
-        rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict:
-            if kind == "chat":
-                delta = (
-                    {"role": "assistant", "content": text or ""}
-                    if role
-                    else ({"content": text} if text else {})
-                )
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": prepared.expert,
-                "choices": [choice],
-                "coe": info[0].model_dump() if info else None,
-            }
-
-        async def body() -> AsyncIterator[str]:
-            tokens = 0
-            try:
-                if kind == "chat":
-                    yield _sse(chunk(None, None, role=True))
-                event = first
-                while event is not None:
-                    tokens = event.completion_tokens or tokens
-                    if event.text or event.finish_reason:
-                        yield _sse(chunk(event.text, event.finish_reason))
-                    try:
-                        event = await events.__anext__()
-                    except StopAsyncIteration:
-                        event = None
-                if include_usage:
-                    usage = Usage.of(len(prepared.input_ids), tokens)
-                    yield _sse(
-                        {
-                            "id": rid,
-                            "object": obj,
-                            "created": created,
-                            "model": prepared.expert,
-                            "choices": [],
-                            "usage": usage.model_dump(),
-                        }
-                    )
-            except CoEError as err:
-                yield _sse(error_body(err))
-            except Exception as err:
-                logger.exception("stream failed")
-                yield _sse(error_body(internal_error(err)))
-            finally:
-                await events.aclose()  # client gone or done: cancels the socket stream, frees the lease
-            yield _sse("[DONE]")
-
-        return StreamingResponse(
-            body(), media_type="text/event-stream", headers=_coe_headers(info[0]) if info else None
-        )
+            return _error_response(trace.fail(err))
+        except BaseException:  # cancelled: the client went away before the answer
+            trace.abort()
+            raise
 
     # ------------------------------------------------------------------ routes
     @app.post("/v1/chat/completions")
@@ -206,29 +105,39 @@ class CoERouter(GrpcServicerMixin):
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, "text")
 
+    async def _model_cards(self) -> list[ModelCard]:
+        try:
+            status = await self.service.status()
+        except Exception as err:  # MemTier restarting: the cards still list the catalog, residency unknown
+            logger.warning("model cards without residency: %s", err)
+            status = None
+        categories = await category_map(self.config, self.service)
+        return model_cards(self.config, categories, status, int(self.started_s))
+
     @app.get("/v1/models")
     async def models(self) -> dict:
-        created = int(self.started_s)
-        data = [
-            {
-                "id": COE_MODEL,
-                "object": "model",
-                "created": created,
-                "owned_by": "coe-serve",
-                "description": "auto-routed: the router picks the expert",
-            }
-        ]
-        data += [
-            {
-                "id": e.id,
-                "object": "model",
-                "created": created,
-                "owned_by": "coe-serve",
-                "size_bytes": e.size_bytes,
-            }
-            for e in self.config.experts
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [card.model_dump() for card in await self._model_cards()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str) -> Response:
+        try:
+            for card in await self._model_cards():
+                if card.id == model_id:
+                    return JSONResponse(card.model_dump())
+            raise ModelNotFound(
+                f"The model {model_id!r} does not exist; GET /v1/models lists 'coe' and the experts",
+                param="model",
+            )
+        except CoEError as err:
+            return _error_response(err)
+        except Exception as err:
+            logger.exception("model lookup failed")
+            return _error_response(internal_error(err))
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus text: every replica's serving metrics and memtier's (deployments/metrics.py)."""
+        return Response(await self.telemetry.scrape(self.service.memtier), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/v1/route")
     async def route(self, request: Request) -> Response:

@@ -157,7 +157,7 @@ class MemTierCore:
             stats.bytes_moved_ddr_to_hbm += report.bytes_moved
             self.metrics.moved("hbm", report.bytes_moved)
             self._switch_s.append(report.switch_s)
-            self.metrics.switched(report.switch_s)
+            self.metrics.switched(report.switch_s, "store" if report.store_read else report.tier)
         stats.hbm_evictions += len(report.evicted)
         self.metrics.evicted("hbm", len(report.evicted))
 
@@ -353,6 +353,10 @@ class MemTier:
 
     async def status(self) -> MemtierStatus:
         return self.core.status()
+
+    async def metrics(self) -> list:
+        """Prometheus families (`coe:memtier_*`) for the ingress's GET /metrics: counters and residency."""
+        return self.core.metrics.families(self.core.directory.status())
 
     async def leases(self) -> list[Lease]:
         return list(self.core.directory.leases.values())

@@ -309,3 +309,38 @@ def test_a_client_built_from_the_proto_alone_works(rig, tmp_path: Path):
     assert done.returncode == 0, done.stderr
     expert, tokens, count = done.stdout.split()
     assert (expert, int(count)) == ("tiny-02", 16) and int(tokens) >= 1
+
+
+def test_health_check_is_serving_after_startup_and_reflection_lists_the_services(rig):
+    """As a Kubernetes gRPC probe asks: no metadata, service "" (the server) or coe.v1.CoE."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(rig.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "coe.v1.CoE"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        asks = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="coe.v1.CoE"),
+        ]
+        listed, described = list(reflection.ServerReflectionInfo(iter(asks), timeout=30))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"coe.v1.CoE", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # grpcurl can describe it
+
+
+def test_grpc_generations_are_in_the_metrics(rig, client):
+    from bench import prom
+
+    http = httpx.Client()
+    before = prom.scrape(http, rig.base_url)
+    client.generate("hello", model="tiny-12", max_tokens=4)
+    after = prom.delta(prom.scrape(http, rig.base_url), before)
+    assert prom.total(after, "coe:time_to_first_token_seconds_count", expert="tiny-12") == 1
+    assert prom.total(after, "coe:request_success_total", expert="tiny-12") == 1
