@@ -5,9 +5,10 @@ same names after `coe:`, so they port by changing the prefix. Each process recor
 registry, in memory, with no remote call per token:
 
 - the ingress observes each request as it finishes (deployments/telemetry.py): TTFT, inter-token
-  latency, end-to-end latency, tokens, finish reasons, errors, and the router's decisions;
-- a socket replica (the engine) calls the three hooks at the bottom of this module for queue time
-  and its running/waiting counts, after `start_pushing(config)` once at start;
+  latency, end-to-end latency, queue time (the engine's `queue_s` on the first token event),
+  tokens, finish reasons, errors, and the router's decisions;
+- a socket replica (the engine) calls the two hooks at the bottom of this module for its
+  running/waiting counts, after `start_pushing(config)` once at start;
 - the MemTier actor keeps memtier's own metrics (memtier/metrics.py).
 
 `start_pushing` ships this process's registry to the cluster's `MetricsHub`
@@ -99,14 +100,14 @@ class ServingMetrics:
             buckets=buckets,
             registry=r,
         )
-        # ------------------------------------------------------------- seen by the sockets
         self.queue_time = Histogram(
             f"{PREFIX}request_queue_time_seconds",
-            "Time a request waited on its socket before its first forward pass (the engine's queue).",
-            ("expert",),
+            "Time a request waited on its socket for a batch slot and KV room (the engine's queue_s).",
+            labels,
             buckets=buckets,
             registry=r,
         )
+        # ------------------------------------------------------------- set by the sockets
         self.running = Gauge(
             f"{PREFIX}num_requests_running",
             "Requests in a running batch, per socket and expert.",
@@ -128,6 +129,8 @@ class ServingMetrics:
         labels = (record.expert or "", record.category or "")
         if record.ttft_s is not None:
             self.ttft.labels(*labels).observe(record.ttft_s)
+        if record.queue_s is not None:
+            self.queue_time.labels(*labels).observe(record.queue_s)
         itl = self.itl.labels(*labels)
         for gap in token_gaps_s:
             itl.observe(gap)
@@ -168,11 +171,7 @@ def start_pushing(config: ClusterConfig) -> None:
 
 # --------------------------------------------------------------------------- engine hooks
 # Called from the socket replica (deployments/socket.py, the engine); cheap, in-memory, any thread.
-
-
-def observe_queue_time(expert: str, seconds: float) -> None:
-    """A request of `expert` left the socket's waiting queue after `seconds` (call once per request)."""
-    process_metrics().queue_time.labels(expert).observe(seconds)
+# (Queue time needs no hook: the ingress reads `queue_s` from the first token event.)
 
 
 def set_running(socket: str, expert: str, count: int) -> None:

@@ -72,11 +72,9 @@ def test_two_replicas_are_summed_and_a_dead_ones_gauges_dropped():
 
 
 def test_engine_hooks_record_into_the_process_registry():
-    engine_hooks.observe_queue_time("e9", 0.02)
     engine_hooks.set_running("sock-x", "e9", 4)
     engine_hooks.set_waiting("sock-x", "e9", 2)
     samples = scrape(list(engine_hooks.process_metrics().registry.collect()))
-    assert value(samples, "coe:request_queue_time_seconds_count", expert="e9") >= 1
     assert value(samples, "coe:num_requests_running", expert="e9", socket="sock-x") == 4
     assert value(samples, "coe:num_requests_waiting", expert="e9", socket="sock-x") == 2
 
@@ -109,7 +107,11 @@ def test_a_streamed_request_is_timed_counted_once_and_logged_without_its_prompt(
     trace = telemetry.trace("http", "completions")
     trace.bind(_prepared())
     for tokens in (1, 2, 3):
-        trace.saw(SocketEvent(type="token", text="x", completion_tokens=tokens))
+        trace.saw(
+            SocketEvent(
+                type="token", text="x", completion_tokens=tokens, queue_s=0.05 if tokens == 1 else None
+            )
+        )
     trace.saw(SocketEvent(type="token", text="x", completion_tokens=3))  # the same event seen again
     trace.saw(SocketEvent(type="token", completion_tokens=4, finish_reason="length"))
     trace.finish()
@@ -119,6 +121,7 @@ def test_a_streamed_request_is_timed_counted_once_and_logged_without_its_prompt(
     assert value(samples, "coe:time_to_first_token_seconds_count", **labels) == 1
     assert value(samples, "coe:inter_token_latency_seconds_count", **labels) == 3  # tokens 2, 3, 4
     assert value(samples, "coe:e2e_request_latency_seconds_count", **labels) == 1
+    assert value(samples, "coe:request_queue_time_seconds_sum", **labels) == pytest.approx(0.05)
     assert value(samples, "coe:generation_tokens_total", **labels) == 4
     assert value(samples, "coe:prompt_tokens_total", **labels) == 3
     assert value(samples, "coe:request_success_total", finished_reason="length", **labels) == 1
@@ -127,7 +130,7 @@ def test_a_streamed_request_is_timed_counted_once_and_logged_without_its_prompt(
     assert (line["status"], line["expert"], line["category"], line["completion_tokens"]) == (
         "ok", "tiny-01", "math", 4,
     )  # fmt: skip
-    assert line["ttft_s"] is not None and line["e2e_s"] >= line["ttft_s"]
+    assert line["ttft_s"] is not None and line["e2e_s"] >= line["ttft_s"] and line["queue_s"] == 0.05
     assert "prompt" not in line and "secret prompt text" not in json.dumps(line)
 
 
