@@ -74,7 +74,7 @@ def render(result: dict) -> str:
         "",
         f"- machine: {result['cpu']}, {result['cpus']} CPUs; load average at start "
         f"{result['load_avg_1m']:.1f} (the box was shared with other agents while measuring)",
-        "- path: `RouteBatcher` (`@serve.batch`, max 32, 2 ms wait) -> `Router.route_batch`, as in ingress",
+        "- path: `RouteBatcher` (max 32 items or 2 ms wait) -> `Router.route_batch`, as in the ingress",
         "",
         "| run | encoder | concurrency | requests | mean batch | p50 ms | p99 ms | single-call p50 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
