@@ -275,7 +275,11 @@ class MemTier:
         while True:
             try:
                 return self.core.try_place(expert, time.monotonic())
-            except NoCapacityNow as err:
+            except (NoCapacityNow, NeverPlaceable) as err:
+                if isinstance(err, NeverPlaceable) and self.core.directory.sockets:
+                    raise  # larger than every socket: waiting cannot help
+                # NeverPlaceable with no socket registered yet: MemTier just restarted (the sockets
+                # re-register within a heartbeat) or every socket is restarting. Wait, as for room.
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PlacementTimeout(str(err)) from None
@@ -283,7 +287,7 @@ class MemTier:
                     await asyncio.wait_for(self._changed().wait(), timeout=remaining)
                 except TimeoutError:
                     pass
-            except (NeverPlaceable, UnknownExpertError):
+            except UnknownExpertError:
                 raise
 
     async def release(
