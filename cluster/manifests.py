@@ -41,6 +41,7 @@ import jsonschema
 import yaml
 
 from cluster.paths import REPO_ROOT
+from cluster.serve_app import GRPC_HEALTH_SERVICER
 
 CRD_DIR_ENV = "COE_KUBERAY_CRDS"
 SOCKET_RESOURCE = "coe_socket"
@@ -712,6 +713,69 @@ def _check_fit(use: _ClusterUse, config: Any, source: str) -> None:
             f"{nodes} pods advertise {SOCKET_RESOURCE} but topology.nodes is {topo.nodes} ({source})",
         )
     _check_ports(use, config, source)
+    _check_probes_and_scrape(use, config, source)
+
+
+_SCRAPE = "prometheus.io/scrape"
+
+
+def _check_probes_and_scrape(use: _ClusterUse, config: Any, source: str) -> None:
+    """gRPC readiness probes (grpc.health.v1, deployments/grpc_health.py) only where they cannot
+    deadlock, and the /metrics scrape on one pod.
+
+    A RayService's workers need one on serve.grpc_port: they join the serve Service only once the
+    app can serve. Never on the head (KubeRay deploys the app once the head pod is Ready), nor on a
+    RayJob's cluster (the RayJob waits for every pod to be Ready before it runs the deploy). The
+    probes need the health servicer in serveConfigV2, or they get UNIMPLEMENTED forever.
+    Every proxy answers /metrics with the same cluster-wide numbers: annotate the head pod only.
+    """
+    grpc_port = config.serve.grpc_port
+    probed = False
+    for group in use.groups:
+        probe = (group.container.get("readinessProbe") or {}).get("grpc")
+        path = group.in_container("readinessProbe")
+        if use.serve is not None and not group.is_head:
+            probed = True
+            if not probe or probe.get("port") != grpc_port:
+                use.report(
+                    path,
+                    f"needs a gRPC readiness probe on serve.grpc_port {grpc_port}: a worker should join "
+                    f"the serve Service only once grpc.health.v1 says SERVING ({source})",
+                )
+        elif probe:
+            why = (
+                "KubeRay deploys the app only once the head pod is Ready"
+                if group.is_head
+                else "a RayJob waits for every pod of its cluster to be Ready before it deploys the app"
+            )
+            use.report(path, f"must not gate readiness on the app with a gRPC probe: {why}")
+        annotations = ((group.spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        if annotations.get(_SCRAPE) == "true":
+            where = group.at("template", "metadata", "annotations")
+            if not group.is_head:
+                use.report(
+                    where,
+                    "scrape the head pod only: every proxy answers /metrics for the whole cluster, "
+                    "so a scrape per pod counts everything once per pod",
+                )
+            elif (
+                annotations.get("prometheus.io/port"),
+                annotations.get("prometheus.io/path", "/metrics"),
+            ) != (
+                str(config.serve.http_port),
+                "/metrics",
+            ):
+                use.report(
+                    where,
+                    f"prometheus.io/port must be serve.http_port {config.serve.http_port}, path /metrics",
+                )
+    servicers = ((use.serve or {}).get("grpc_options") or {}).get("grpc_servicer_functions") or []
+    if probed and GRPC_HEALTH_SERVICER not in servicers:
+        use.report(
+            ["spec", "serveConfigV2", "grpc_options", "grpc_servicer_functions"],
+            f"needs {GRPC_HEALTH_SERVICER}: without it the readiness probes get UNIMPLEMENTED and no "
+            "worker ever becomes Ready",
+        )
 
 
 def _check_gpus(use: _ClusterUse, group: _Group, sockets: int, source: str) -> None:

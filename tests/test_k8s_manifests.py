@@ -107,8 +107,11 @@ def test_serve_config_v2_parses_with_rays_schema_and_builds_the_coe_app(serve_co
     assert app.args == {"config": CONFIG_IN_PODS}
     assert (schema.http_options.host, schema.http_options.port) == ("0.0.0.0", 8000)
     assert schema.grpc_options.port == 9000
-    servicer = "deployments.coe_pb2_grpc.add_CoEServicer_to_server"
-    assert schema.grpc_options.grpc_servicer_functions == [servicer]
+    servicers = [
+        "deployments.coe_pb2_grpc.add_CoEServicer_to_server",
+        "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",  # the workers' gRPC probes
+    ]
+    assert schema.grpc_options.grpc_servicer_functions == servicers
 
 
 def test_configmap_is_a_verbatim_copy_of_the_k8s_gpu_config():
@@ -149,8 +152,24 @@ def test_coe_socket_quoting_is_what_rays_autoscaler_parses(rayservice: dict):
     assert parsed == {SOCKET_RESOURCE: 8} == {k: int(v) for k, v in ray_resources(worker).items()}
 
 
-def test_both_routes_run_the_same_cluster(rayservice: dict):
-    assert _load("raycluster.yaml")["spec"] == rayservice["spec"]["rayClusterConfig"]
+def test_both_routes_run_the_same_cluster_but_only_the_rayservice_gates_readiness_on_the_app(rayservice):
+    service_spec = copy.deepcopy(rayservice["spec"]["rayClusterConfig"])
+    probe = _worker(service_spec)["template"]["spec"]["containers"][0].pop("readinessProbe")
+    assert probe["grpc"] == {"port": 9000}  # grpc.health.v1: SERVING once every socket registered
+    assert _load("raycluster.yaml")["spec"] == service_spec
+
+
+def test_metrics_are_scraped_from_the_head_pod_only(rayservice: dict):
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    annotations = cluster["headGroupSpec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8000", "/metrics")
+    assert "annotations" not in _worker(cluster)["template"]["metadata"]
+    (monitor,) = yaml.safe_load_all((K8S / "monitoring" / "podmonitor.yaml").read_text())
+    head_labels = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= head_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    head_ports = {p["name"] for p in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert endpoint["port"] in head_ports and endpoint["path"] == "/metrics"
 
 
 def test_rayjob_runs_cluster_deploy_against_the_raycluster():
@@ -362,6 +381,29 @@ BROKEN_FOLDERS = {
         "stringData.COE_API_KEY",
         "never commit a key",
     ),
+    "serving workers without a gRPC readiness probe": (
+        "rayservice.yaml", lambda d: _container_of(d).pop("readinessProbe"),
+        "workerGroupSpecs[0].template.spec.containers[0].readinessProbe", "needs a gRPC readiness probe"),
+    "app-gated probe on the head": (
+        "rayservice.yaml",
+        lambda d: d["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
+            readinessProbe={"grpc": {"port": 9000}}
+        ),
+        "headGroupSpec.template.spec.containers[0].readinessProbe", "once the head pod is Ready"),
+    "app-gated probe on the RayJob's cluster": (
+        "raycluster.yaml",
+        lambda d: d["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].update(
+            readinessProbe={"grpc": {"port": 9000}}
+        ),
+        "spec.workerGroupSpecs[0].template.spec.containers[0].readinessProbe", "a RayJob waits"),
+    "probes without the health servicer": (
+        "rayservice.yaml",
+        _set_serve("    - grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server\n", ""),
+        "spec.serveConfigV2.grpc_options.grpc_servicer_functions", "UNIMPLEMENTED"),
+    "metrics scraped on every worker": (
+        "rayservice.yaml",
+        lambda d: _worker_of(d)["template"]["metadata"].update(annotations={"prometheus.io/scrape": "true"}),
+        "workerGroupSpecs[0].template.metadata.annotations", "scrape the head pod only"),
     "rayjob selects no cluster": (
         "rayjob.yaml", lambda d: d["spec"].update(clusterSelector={"ray.io/cluster": "nope"}),
         'spec.clusterSelector["ray.io/cluster"]', "no RayCluster named 'nope'"),
