@@ -245,9 +245,9 @@ def _refusal(status: int, body: bytes) -> CoEError:
 class MeteredService(CoEService):
     """`CoEService` whose router decisions are counted and timed (`coe:router_*`)."""
 
-    async def route(self, prompt_or_messages):
+    async def route(self, prompt_or_messages, *args, **kwargs):
         start_s = time.perf_counter()
-        decision = await super().route(prompt_or_messages)
+        decision = await super().route(prompt_or_messages, *args, **kwargs)
         process_metrics().observe_route(
             decision.category, decision.expert, decision.fallback, time.perf_counter() - start_s
         )
