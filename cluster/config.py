@@ -281,6 +281,12 @@ class MemtierConfig(_Strict):
         description="Drop a newly paged-in expert after its request when it scores below every expert it "
         "displaced. Off: in demand paging an early drop never saves a miss (bench.policy ADAPTIVE+ADMIT).",
     )
+    prefetch: bool = Field(
+        False,
+        description="Read likely experts STORE->DDR into free DDR room while a node's disk is idle, and page "
+        "them DDR->HBM onto idle sockets (memtier/prefetch.py). Off by default: bench.prefetch measured "
+        "0-19% fewer stalled requests (goal 30%), and it is not yet measured in serving.",
+    )
 
 
 class ClusterConfig(_Strict):

@@ -238,7 +238,8 @@ class ResidencyDirectory:
             ddr.plan_insert(lease.expert, lease.size_bytes)
         self.clock += 1
         socket.last_used = self.clock
-        self.hbm_policy.record(lease.expert)  # one lease = one request for the expert
+        if not lease.prefetch:
+            self.hbm_policy.record(lease.expert)  # one lease = one request for the expert
         victims = socket.hbm.insert(lease.expert, lease.size_bytes, pin=True)
         if victims:
             sizes = [(v, self.expert_bytes.get(v, 0)) for v in victims]

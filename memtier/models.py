@@ -46,6 +46,11 @@ class Lease(BaseModel):
         description="False when admission refused to keep this page-in (it scored below every expert it "
         "displaced): the socket serves the request, then drops the expert.",
     )
+    prefetch: bool = Field(
+        False,
+        description="A page-in with no request behind it (memtier/prefetch.py): the socket loads the expert "
+        "while idle and releases the lease at once; it is not counted as a request.",
+    )
 
 
 class ActivationReport(BaseModel):

@@ -22,8 +22,10 @@ from memtier.directory import ResidencyDirectory, UnknownExpertError
 from memtier.metrics import MemtierMetrics
 from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo
 from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
+from memtier.prefetch import Prefetcher, PrefetchPlan
 
 NAMESPACE = "coe"
+PREFETCH_ROUND_S = 0.5  # how often prefetch plans are redone: sockets poll every heartbeat (~1 s)
 
 
 def memtier_actor_name(cluster: str) -> str:
@@ -65,6 +67,10 @@ class MemTierCore:
         # Lease ids: random per incarnation (a restarted actor never reuses an old id), then a counter.
         self._lease_prefix = uuid.uuid4().hex[:12] + "-"
         self._lease_numbers = itertools.count()
+        enabled = policy.prefetch if policy is not None else MemtierConfig().prefetch
+        self.prefetcher = Prefetcher(self.directory, ddr=enabled, hbm=enabled)
+        # prefetch lease id -> (expert, socket, victims it evicted)
+        self._prefetch_leases: dict[str, tuple[str, str, list[str]]] = {}
         self.saturation = saturation
         self.socket_timeout_s = socket_timeout_s
         self.lease_ttl_s = lease_ttl_s
@@ -120,7 +126,46 @@ class MemTierCore:
         self.lease_granted_s[lease.lease_id] = now_s
         self.stats.leases += 1
         self.metrics.in_flight(len(self.directory.leases))
+        self.prefetcher.observe(expert)
+        self.prefetcher.on_demand(expert, lease.socket_id, lease.node_id, tier)
+        if tier == "store":
+            self.prefetcher.demand_read(lease.node_id, expert)
         return lease
+
+    # ------------------------------------------------------------------ prefetch
+    def grant_prefetch(self, plan: PrefetchPlan, now_s: float) -> Lease:
+        """Lease an idle socket for an HBM prefetch (`plan.kind == "hbm"`): the socket pages the
+        expert in and releases at once; the policy does not count it as a request."""
+        lease = Lease.model_construct(
+            lease_id=f"{self._lease_prefix}{next(self._lease_numbers)}",
+            expert=plan.expert,
+            socket_id=plan.socket_id,
+            node_id=plan.node_id,
+            tier="ddr",
+            size_bytes=plan.size_bytes,
+            evict=[],
+            keep=True,
+            prefetch=True,
+        )
+        lease.evict = self.directory.grant(lease)
+        self.lease_granted_s[lease.lease_id] = now_s
+        self._prefetch_leases[lease.lease_id] = (plan.expert, plan.socket_id, list(lease.evict))
+        self.prefetcher.hbm_started(lease.lease_id, plan.socket_id)
+        return lease
+
+    def cancel_lost_prefetches(self) -> list[Lease]:
+        """Release HBM prefetch leases that lost (memtier/prefetch.py) and forget their expert on
+        the socket, which drops it when its own release arrives (lease.keep is False)."""
+        cancelled = []
+        for lease_id in self.prefetcher.losers(self._prefetch_leases):
+            lease = self.directory.leases.get(lease_id)
+            expert, socket_id, _ = self._prefetch_leases.pop(lease_id)
+            self.prefetcher.hbm_done(lease_id, expert, cancelled=True)
+            if lease is not None:
+                lease.keep = False  # the directory drops it from the socket's HBM on release
+                self._release(lease_id, None)
+                cancelled.append(lease)
+        return cancelled
 
     def release(
         self, lease_id: str, report: ActivationReport | None, socket: SocketInfo | None = None
@@ -132,6 +177,10 @@ class MemTierCore:
         return released
 
     def _release(self, lease_id: str, report: ActivationReport | None) -> bool:
+        if lease_id in self._prefetch_leases:  # a prefetch finished: not a request, nothing to record
+            expert, _, _ = self._prefetch_leases.pop(lease_id)
+            self.prefetcher.hbm_done(lease_id, expert)
+            report = None
         lease = self.directory.release(lease_id)
         self.lease_granted_s.pop(lease_id, None)
         self.metrics.in_flight(len(self.directory.leases))
@@ -221,6 +270,9 @@ class MemTier:
         self.place_timeout_s = place_timeout_s
         self._capacity_changed: asyncio.Event | None = None
         self._reaper: asyncio.Task | None = None
+        self._prefetcher_task: asyncio.Task | None = None
+        self._plans_cache: list[PrefetchPlan] = []
+        self._plans_at_s = float("-inf")
         self._ddr_synced: set[str] = set()
 
     def _changed(self) -> asyncio.Event:
@@ -328,6 +380,52 @@ class MemTier:
             except Exception as err:
                 placed.append(err)
         return placed, released
+
+    async def poll(self, info: SocketInfo) -> Lease | None:
+        """A socket's heartbeat that may come back with work: an HBM prefetch lease for an idle
+        socket (memtier/prefetch.py), which the socket pages in and releases at once."""
+        await self.heartbeat(info)
+        core = self.core
+        if not (core.prefetcher.hbm_enabled or core.prefetcher.ddr_enabled):
+            return None
+        if self._prefetcher_task is None:
+            self._prefetcher_task = asyncio.get_running_loop().create_task(self._prefetch_forever())
+        socket = core.directory.sockets.get(info.socket_id)
+        if socket is None or socket.load or not core.prefetcher.hbm_enabled:
+            return None
+        for plan in self._plans():
+            if plan.kind == "hbm" and plan.socket_id == info.socket_id:
+                return core.grant_prefetch(plan, time.monotonic())
+        return None
+
+    def _plans(self) -> list[PrefetchPlan]:
+        """This round's plans, recomputed at most every PREFETCH_ROUND_S (every socket polls each second)."""
+        now_s = time.monotonic()
+        if now_s - self._plans_at_s >= PREFETCH_ROUND_S:
+            self.core.cancel_lost_prefetches()  # their sockets drop them on release (keep=False)
+            self._plans_cache, self._plans_at_s = self.core.prefetcher.plan(), now_s
+        return self._plans_cache
+
+    async def _prefetch_forever(self) -> None:
+        """STORE -> DDR prefetches: one read at a time per node, into free DDR room (the plans say)."""
+        from memtier.ddr_store import ddr_store_name
+
+        prefetcher = self.core.prefetcher
+
+        async def read(node_id: str, expert: str) -> None:
+            try:
+                store = ray.get_actor(ddr_store_name(self.core.cluster, node_id), namespace=NAMESPACE)
+                await store.prefetch.remote(expert)
+                prefetcher.ddr_done(node_id, expert)
+            except Exception:  # a node gone or a store restarting: nothing was prefetched
+                prefetcher.ddr_done(node_id, expert, cancelled=True)
+
+        while True:
+            await asyncio.sleep(PREFETCH_ROUND_S)
+            for plan in self._plans():
+                if plan.kind == "ddr" and plan.node_id not in prefetcher.ddr_in_flight:
+                    prefetcher.ddr_started(plan)
+                    asyncio.get_running_loop().create_task(read(plan.node_id, plan.expert))
 
     async def cpu_s(self) -> float:
         """CPU seconds this actor process has used: how busy the authority is (bench.memtier_scale)."""

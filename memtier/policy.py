@@ -66,6 +66,11 @@ class EvictionPolicy:
         """Keep `key` after its request? Only a refusal with evidence; LRU always keeps."""
         return True
 
+    def demand(self, key: Hashable) -> float | None:
+        """Expected requests for `key` soon, in the policy's own terms; None if it keeps no such
+        estimate (the prefetcher then keeps its own)."""
+        return None
+
     def resize(self, capacity_bytes: int) -> None:
         """The tier's total budget changed (a socket joined or left)."""
 
@@ -204,6 +209,10 @@ class AdaptiveLRFU(EvictionPolicy):
 
     def value(self, key: Hashable, size_bytes: int) -> float:
         return self.shadows[self.leader].crf.value(key, self.now) * self.weight(key, size_bytes)
+
+    def demand(self, key: Hashable) -> float:
+        """The CRF at the half-life that has been predicting best: prefetch then agrees with eviction."""
+        return self.shadows[self.leader].crf.value(key, self.now)
 
     def rank(self, candidates: list, size_of: Callable[[Hashable], int]) -> list:
         # sorted() is stable and candidates come least recently used first: LRU breaks ties.

@@ -131,10 +131,21 @@ class SocketAgent:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await self._get_memtier().heartbeat.remote(self.residency.info())
+                work = await self._get_memtier().poll.remote(self.residency.info())
             except Exception as err:  # MemTier restarting: keep trying, it will come back
                 logger.warning("memtier heartbeat failed: %s", err)
                 self._memtier = None
+                continue
+            if work is not None:  # an HBM prefetch for this idle socket (memtier/prefetch.py)
+                asyncio.get_running_loop().create_task(self._prefetch(work))
+
+    async def _prefetch(self, lease: Lease) -> None:
+        """Page a prefetched expert in and release at once: the lease pins it only while it loads."""
+        try:
+            async with self.leased(lease):
+                pass
+        except Exception as err:  # a failed prefetch costs nothing but its attempt
+            logger.warning("prefetch of %s failed: %s", lease.expert, err)
 
     async def drop(self, expert: str) -> bool:
         """Evict an unused expert and tell MemTier at once (not at the next heartbeat)."""
