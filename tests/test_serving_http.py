@@ -282,6 +282,18 @@ def test_each_request_writes_one_json_line_without_the_prompt(client, request_lo
     assert lines[-1]["status"] == "error" and lines[-1]["error_code"] == "model_not_found"
 
 
+def test_routed_requests_count_router_decisions_and_log_the_category(rig, client, request_log):
+    http = httpx.Client()
+    before = prom.scrape(http, rig.base_url)
+    raw = _ask(client, "coe", "Solve the integral of x^2 dx from 0 to 3 and simplify the fraction.")
+    after = prom.delta(prom.scrape(http, rig.base_url), before)
+    assert prom.total(after, "coe:router_decisions_total", category="math", expert="tiny-01") == 1
+    assert prom.total(after, "coe:router_latency_seconds_count") == 1
+    assert prom.total(after, "coe:request_success_total", category="math", expert="tiny-01") == 1
+    (line,) = [json.loads(x) for x in request_log.read_text().splitlines() if raw.parse().id in x]
+    assert (line["category"], line["expert"], line["routed"]) == ("math", "tiny-01", True)
+
+
 async def _stream_and_time(client: httpx.AsyncClient, url: str, expert: str, i: int) -> tuple[float, dict]:
     """(client TTFT: first content chunk, as bench.load and vLLM measure it; the usage chunk)."""
     body = {
