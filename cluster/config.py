@@ -132,6 +132,13 @@ class LimitsConfig(_Strict):
     max_prompt_tokens: int = Field(2048, ge=1, description="Prompt tokens after the chat template.")
     max_body_bytes: ByteSize = Field("1MiB", description="Larger HTTP bodies are refused before parsing.")
     max_messages: int = Field(256, ge=1, description="Chat turns per request.")
+    max_choices: int = Field(
+        16,
+        ge=1,
+        description="Choices one request may ask for (n, or best_of, times the prompts of a completions "
+        "list). Each is a row of its expert's batch with its own KV reservation; 16 = two full batches "
+        "of the demo's max_batch_size, so one request cannot take a socket's batch for long.",
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="Ingress gives up on a socket after this.")
     place_timeout_s: float = Field(
         30.0,

@@ -39,6 +39,7 @@ from transformers import DynamicCache
 
 from deployments.generation import Detokenizer, GenRequest, Row, TokenEvent, advance, sample_for
 from deployments.kv_cache import cache_bytes, keep_rows, kv_bytes_per_token, merge
+from deployments.sampling import TokenLogprob
 from deployments.wire import KV_TOO_LARGE
 
 logger = logging.getLogger("ray.serve")
@@ -254,19 +255,26 @@ class ExpertBatch:
         width = p.ids.shape[1]
         columns = max(1, self.prefill_chunk_tokens // len(p.rows))
         end = min(width, p.done + columns)
-        logits = self.model(
+        scoring = any(r.request.prompt_logprobs for r in p.rows)
+        every = self.model(
             input_ids=p.ids[:, p.done : end],
             attention_mask=p.mask[:, :end],
             position_ids=p.positions[:, p.done : end],
             cache=p.cache,
             use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :].float().cpu()  # [b, V]: sampled on the host (per-row CPU RNGs)
+            logits_to_keep=0 if scoring else 1,  # all positions only when a row scores its prompt
+        ).logits  # [b, end - done or 1, V]
+        if scoring:
+            self._score_prompts(p, every, end)
+        logits = every[:, -1, :].float().cpu()  # [b, V]: sampled on the host (per-row CPU RNGs)
         p.done = end
         self.prefill_chunks += 1
         if end < width:
             return
         for i, row in enumerate(p.rows):
+            if row.request.max_tokens == 0:  # scoring only (echo): the prompt's logprobs, no token
+                row.finish("length")
+                continue
             advance(row, sample_for(row, logits[i], self.eos_ids), self.decode, self.eos_ids)
         live = [i for i, row in enumerate(p.rows) if not row.done]
         self.prefill = None
@@ -282,6 +290,34 @@ class ExpertBatch:
             self.lengths = torch.cat([self.lengths, new_lengths])
         self.running.extend(rows)
         self.max_running = max(self.max_running, len(self.running))
+
+    def _score_prompts(self, p: _Prefill, every: torch.Tensor, end: int) -> None:
+        """Logprobs of each prompt token under the model, for rows that asked (echo with logprobs).
+
+        Column c's logits predict column c + 1's token; a row's first prompt token has no logprob.
+        every: [b, end - done, V] for columns done..end-1 of the left-padded prompts."""
+        width = p.ids.shape[1]
+        for i, row in enumerate(p.rows):
+            if not row.request.prompt_logprobs:
+                continue
+            start = width - len(row.request.input_ids)  # the row's first real column
+            if p.done <= start < end:
+                row.prompt_logprobs.append(TokenLogprob(int(p.ids[i, start]), None))
+            first, last = max(p.done, start), min(end, width - 1)  # predicting columns first+1..last
+            if first >= last:
+                continue
+            scores = torch.log_softmax(every[i, first - p.done : last - p.done].float(), dim=-1).cpu()
+            targets = p.ids[i, first + 1 : last + 1].cpu()
+            chosen = scores.gather(1, targets[:, None])[:, 0]  # [C]
+            k = row.request.params.logprobs or 0
+            top = torch.topk(scores, k, dim=-1) if k > 0 else None
+            for j in range(last - first):
+                alternatives = (
+                    [(int(t), float(v)) for t, v in zip(top.indices[j], top.values[j], strict=True)]
+                    if top is not None
+                    else []
+                )
+                row.prompt_logprobs.append(TokenLogprob(int(targets[j]), float(chosen[j]), alternatives))
 
     # ------------------------------------------------------------------ decode
     def _decode_step(self) -> None:
@@ -374,9 +410,10 @@ class SocketEngine:
         return events
 
     def add(
-        self, expert: str, model: torch.nn.Module, tokenizer, eos_ids: set[int], request: GenRequest
+        self, expert: str, model: torch.nn.Module, tokenizer, eos_ids: set[int], *requests: GenRequest
     ) -> None:
-        """Queue `request` with its own `emit` (thread-safe; used by `submit` and in-process benches)."""
+        """Queue `requests` with their own `emit` (thread-safe; used by `submit` and in-process benches).
+        Requests added together (a request's n choices) are queued at once, so they prefill together."""
         key = (expert, id(model))  # a re-materialised expert is a new batch; the old one drains
         with self._wake:
             batch = self._batches.get(key)
@@ -391,7 +428,7 @@ class SocketEngine:
                 )
                 self._batches[key] = batch
                 self._order.append(key)
-            batch.waiting.append(Row.of(request))
+            batch.waiting.extend(Row.of(request) for request in requests)
             self._wake.notify()
 
     def wake(self) -> None:

@@ -29,6 +29,7 @@ class TokenEvent:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     queue_s: float | None = None  # on a request's first event: submit -> admitted into a batch
+    prompt_logprobs: list[TokenLogprob] | None = None  # first event, when the request scores its prompt
 
 
 @dataclass
@@ -38,6 +39,7 @@ class GenRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
     constraint: RowConstraint | None = None
+    prompt_logprobs: bool = False  # score the prompt's tokens (echo with logprobs); top-k: params.logprobs
     emit: Callable[[TokenEvent], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_s: float = field(default_factory=time.monotonic)
@@ -56,6 +58,8 @@ class Row:
     done: bool = False
     pending: int = 0
     queue_s: float | None = None
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    sent_prompt_logprobs: bool = False
 
     @classmethod
     def of(cls, request: GenRequest) -> Row:
@@ -76,6 +80,8 @@ class Row:
             logprobs=self.logprobs[self.sent_tokens :],
             queue_s=self.queue_s,
         )
+        if self.request.prompt_logprobs and not self.sent_prompt_logprobs:
+            event.prompt_logprobs, self.sent_prompt_logprobs = self.prompt_logprobs, True
         self.sent_tokens = len(self.tokens)
         self.queue_s = None  # only the first event carries it
         self.request.emit(event)

@@ -58,7 +58,7 @@ class TokenLogprob:
     """The chosen token's log-probability and the top alternatives, as OpenAI's logprobs carry them."""
 
     token_id: int
-    logprob: float
+    logprob: float | None  # None: a prompt's first token, which nothing predicts
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -112,7 +112,12 @@ def sample_row(
     if constraint is not None:
         allowed = constraint.allowed(scores.numel())
         if allowed is not None:
+            allowed = allowed.to(scores.device, non_blocking=True)  # masks are built on the CPU
             scores = scores.masked_fill(~allowed, float("-inf"))
+            if not bool(torch.isfinite(scores).any()):
+                # The grammar allows only what a ban forbids (EOS before min_tokens): the grammar
+                # wins, as a row with no allowed token would fail its whole batch.
+                scores = raw.masked_fill(~allowed, float("-inf"))
     if params.needs_history:
         scores = _apply_penalties(scores, params, prompt_ids, output_ids)
 

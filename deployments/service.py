@@ -29,6 +29,7 @@ from deployments.errors import (
 )
 from deployments.memtier_client import ensure_memtier
 from deployments.openai_models import CoEInfo
+from deployments.structured import InvalidSchema, grammar_for
 from deployments.tokenizers import TokenizerCache
 from deployments.wire import (
     KV_TOO_LARGE,
@@ -135,9 +136,19 @@ class CoEService:
         defaults = self.config.expert(prepared.expert).sampling
         prepared.sampling = Sampling.resolve(request, defaults)
         # An expert's own default may exceed the server's limit: the limit wins, silently (it is ours).
-        prepared.max_tokens = min(
-            request.max_tokens or defaults.max_tokens or limits.default_max_tokens, limits.max_tokens
+        prepared.max_tokens = (
+            request.max_tokens
+            if request.max_tokens is not None  # 0 is a request too: score the prompt (echo), no tokens
+            else min(defaults.max_tokens or limits.default_max_tokens, limits.max_tokens)
         )
+        if request.json_schema is not None:
+            try:
+                # cached; a bad schema is a 400 here, not an error on a socket
+                await asyncio.to_thread(grammar_for, request.json_schema)
+            except InvalidSchema as err:
+                raise InvalidRequest(
+                    f"response_format: the JSON schema cannot be used: {err}", param="response_format"
+                ) from None
         prepared.input_ids = await asyncio.to_thread(self._tokenize, prepared)
         if len(prepared.input_ids) > limits.max_prompt_tokens:
             raise LimitExceeded(
@@ -150,6 +161,16 @@ class CoEService:
     def _tokenize(self, prepared: Prepared) -> list[int]:
         tokenizer = self.tokenizers.get(prepared.expert)
         request = prepared.request
+        if request.prompt_ids is not None:
+            vocab = len(tokenizer)
+            bad = [t for t in request.prompt_ids if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequest(
+                    f"prompt: token id {bad[0]} is outside the vocabulary of {prepared.expert!r} "
+                    f"(0..{vocab - 1})",
+                    param="prompt",
+                )
+            return list(request.prompt_ids)
         if request.messages is None:
             return list(tokenizer(request.prompt or "", add_special_tokens=False)["input_ids"])
         system = self.config.expert(prepared.expert).system_prompt
@@ -196,6 +217,10 @@ class CoEService:
             max_tokens=prepared.max_tokens,
             sampling=prepared.sampling,
             stop=prepared.request.stop,
+            n=prepared.request.n,
+            logprobs=prepared.request.logprobs,
+            prompt_logprobs=prepared.request.prompt_logprobs,
+            json_schema=prepared.request.json_schema,
         ).model_dump()
         deadline = time.monotonic() + self.config.limits.request_timeout_s
         retried = False

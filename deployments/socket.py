@@ -10,6 +10,7 @@ the stream).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -18,10 +19,11 @@ from ray import serve
 
 from cluster.config import ClusterConfig
 from deployments.engine import SocketEngine
-from deployments.generation import GenRequest, eos_token_ids
-from deployments.sampling import SamplingParams
+from deployments.generation import GenRequest, TokenEvent, eos_token_ids
+from deployments.sampling import SamplingParams, TokenLogprob
+from deployments.structured import json_constraint
 from deployments.tokenizers import TokenizerCache
-from deployments.wire import LeaseMismatch, SocketEvent, SocketRequest
+from deployments.wire import LeaseMismatch, SocketEvent, SocketRequest, WireLogprob
 from memtier.models import Lease
 from memtier.socket_agent import SocketAgent
 
@@ -59,30 +61,52 @@ class ExpertSocket:
                 type="activation", report=report, socket_id=self.socket_id, node_id=self.agent.node_id
             ).model_dump()
             tokenizer = self.tokenizers.get(req.expert)
-            gen = GenRequest(
+            model = materialized.model
+            eos_ids = eos_token_ids(model, tokenizer)
+            rows = await self._rows(req, model, tokenizer, eos_ids)
+            # One queue for the request's n rows: each event says its row (`index`).
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+            for index, gen in enumerate(rows):
+                gen.emit = lambda event, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, event))
+            self.engine.add(req.expert, model, tokenizer, eos_ids, *rows)
+            try:
+                running = len(rows)
+                while running:
+                    index, event = await events.get()
+                    yield _wire_event(index, event)
+                    running -= event.finish_reason is not None
+            finally:
+                for gen in rows:
+                    gen.cancelled.set()  # a cancelled stream stops its rows at the next step
+                self.engine.wake()  # ...or they leave the queue now, if they were waiting for KV room
+
+    async def _rows(self, req: SocketRequest, model, tokenizer, eos_ids: set[int]) -> list[GenRequest]:
+        """The request's n rows: choice i samples with seed + i (its own stream), each with its own
+        grammar matcher when the answer must match a JSON schema (built off the event loop: the
+        first one per tokenizer takes about a second)."""
+        constraints: list = [None] * req.n
+        if req.json_schema is not None:
+            vocab_size = int(model.get_output_embeddings().weight.shape[0])
+            schema = req.json_schema
+            constraints = await asyncio.to_thread(
+                lambda: [json_constraint(tokenizer, vocab_size, eos_ids, schema) for _ in range(req.n)]
+            )
+        sampling = req.sampling.model_dump()
+        return [
+            GenRequest(
                 input_ids=req.input_ids,
                 max_tokens=req.max_tokens,
-                params=SamplingParams(**req.sampling.model_dump()),
+                params=SamplingParams(
+                    **{**sampling, "seed": None if req.sampling.seed is None else req.sampling.seed + i},
+                    logprobs=req.logprobs,
+                ),
                 stop=req.stop,
+                constraint=constraints[i],
+                prompt_logprobs=req.prompt_logprobs,
             )
-            events = self.engine.submit(
-                req.expert, materialized.model, tokenizer, eos_token_ids(materialized.model, tokenizer), gen
-            )
-            try:
-                while True:
-                    event = await events.get()
-                    yield SocketEvent(
-                        type="token",
-                        text=event.text,
-                        completion_tokens=event.completion_tokens,
-                        finish_reason=event.finish_reason,
-                        queue_s=event.queue_s,
-                    ).model_dump()
-                    if event.finish_reason is not None:
-                        return
-            finally:
-                gen.cancelled.set()  # a cancelled stream stops its row at the next step
-                self.engine.wake()  # ...or leaves the queue now, if it was waiting for KV room
+            for i in range(req.n)
+        ]
 
     async def engine_stats(self) -> dict:
         """Running and waiting rows, KV bytes reserved and really held (tests, metrics)."""
@@ -94,3 +118,22 @@ class ExpertSocket:
     async def check_health(self) -> None:
         if self.agent._heartbeat_task is not None and self.agent._heartbeat_task.done():
             raise RuntimeError("memtier heartbeat loop stopped")
+
+
+def _wire_logprobs(logprobs: list[TokenLogprob]) -> list[WireLogprob]:
+    return [WireLogprob(token_id=lp.token_id, logprob=lp.logprob, top=lp.top) for lp in logprobs]
+
+
+def _wire_event(index: int, event: TokenEvent) -> dict:
+    """A row's `TokenEvent` as the `SocketEvent` dict the ingress reads (token ids, not token text)."""
+    return SocketEvent(
+        type="token",
+        index=index,
+        text=event.text,
+        completion_tokens=event.completion_tokens,
+        finish_reason=event.finish_reason,
+        token_ids=event.token_ids,
+        logprobs=_wire_logprobs(event.logprobs),
+        prompt_logprobs=_wire_logprobs(event.prompt_logprobs) if event.prompt_logprobs is not None else None,
+        queue_s=event.queue_s,
+    ).model_dump()

@@ -25,6 +25,7 @@ class GenerationRequest(BaseModel):
     model: str
     messages: list[dict] | None = None
     prompt: str | None = None
+    prompt_ids: list[int] | None = Field(None, description="A token-id prompt: sent to the model as is.")
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -38,6 +39,12 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     stream: bool = False
+    n: int = Field(1, description="Choices to generate; choice i samples with seed + i when seeded.")
+    logprobs: int | None = Field(None, description="None: no logprobs; k: the chosen token's and the top k.")
+    prompt_logprobs: bool = Field(False, description="Logprobs of the prompt's tokens too (echo).")
+    json_schema: str | None = Field(
+        None, description="Structured output: the JSON schema (text) every choice must match."
+    )
 
 
 class Sampling(BaseModel):
@@ -85,6 +92,18 @@ class SocketRequest(BaseModel):
     max_tokens: int
     sampling: Sampling
     stop: list[str]
+    n: int = Field(1, description="Rows to run for this prompt (one lease, batched together).")
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
+    json_schema: str | None = None
+
+
+class WireLogprob(BaseModel):
+    """One token's logprob and the top alternatives (ids: the ingress turns them into text)."""
+
+    token_id: int
+    logprob: float | None = Field(description="None only for a prompt's first token (nothing predicts it).")
+    top: list[tuple[int, float]] = Field(default_factory=list)
 
 
 class SocketEvent(BaseModel):
@@ -92,9 +111,15 @@ class SocketEvent(BaseModel):
     report: ActivationReport | None = None
     socket_id: str | None = None
     node_id: str | None = None
+    index: int = Field(0, description="Which of the request's n rows this event belongs to.")
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
+    token_ids: list[int] = Field(default_factory=list, description="Tokens since this row's last event.")
+    logprobs: list[WireLogprob] = Field(default_factory=list, description="Theirs, when asked for.")
+    prompt_logprobs: list[WireLogprob] | None = Field(
+        None, description="On a row's first event, when asked for: one per prompt token."
+    )
     queue_s: float | None = Field(None, description="First token event: seconds queued for a batch slot/KV.")
 
 

@@ -331,3 +331,86 @@ def test_two_experts_on_one_socket_take_turns(expert, tiny_zoo):
     engine.close()
     # Interleaved, not one after the other: b's first event comes before a's last.
     assert names.index("b") < len(names) - 1 - names[::-1].index("a")
+
+
+# --------------------------------------------------------------------------- prompt logprobs, json
+def test_prompt_logprobs_score_each_prompt_token_under_the_model(expert):
+    model, tok = expert
+    prompt = [5, 17, 301, 42, 9]
+    scoring = GenRequest(
+        input_ids=prompt, max_tokens=0, params=SamplingParams(logprobs=2), prompt_logprobs=True
+    )
+    # chunks of 2 columns beside a longer row: logits of one chunk predict the next chunk's first token
+    other = _greedy(list(range(20, 31)), 1)
+    events = _run(model, tok, [scoring, other], prefill_chunk_tokens=4)
+    assert events[0][-1].finish_reason == "length" and events[0][-1].completion_tokens == 0
+    scored = events[0][0].prompt_logprobs
+    assert [lp.token_id for lp in scored] == prompt and scored[0].logprob is None
+    with torch.inference_mode():
+        reference = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    for position, lp in enumerate(scored[1:], start=1):
+        assert lp.logprob == pytest.approx(float(reference[position - 1, prompt[position]]), abs=0.05)
+        second_best = float(reference[position - 1].topk(2).values[1])
+        for token, value in lp.top:  # the top alternatives, up to bf16 noise between batch shapes
+            assert value == pytest.approx(float(reference[position - 1, token]), abs=0.05)
+            assert value >= second_best - 0.05
+
+
+def test_choices_added_together_prefill_together(expert):
+    model, tok = expert
+    engine = _engine(max_batch_size=4)
+    rows = [_greedy([5, 6, 7], 2) for _ in range(3)]
+    done: list[TokenEvent] = []
+    for row in rows:
+        row.emit = lambda event: done.append(event) if event.finish_reason else None
+    engine.add("e", model, tok, eos_token_ids(model, tok), *rows)
+    _until(lambda: len(done) == 3)
+    assert engine.stats().max_running == 3
+    engine.close()
+
+
+SMALL_SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"type": "boolean"}},
+    "required": ["n", "b"],
+    "additionalProperties": False,
+}
+
+
+def test_a_schema_constraint_makes_random_weights_write_valid_json(expert):
+    import json
+
+    import jsonschema
+
+    from deployments.structured import json_constraint, schema_text
+
+    model, tok = expert
+    eos = eos_token_ids(model, tok)
+    vocab = model.config.vocab_size
+
+    def constrained(seed: int, max_tokens: int) -> GenRequest:
+        return GenRequest(
+            input_ids=[5, 6, 7],
+            max_tokens=max_tokens,
+            params=SamplingParams(seed=seed),
+            constraint=json_constraint(tok, vocab, eos, schema_text(SMALL_SCHEMA)),
+        )
+
+    events = _run(model, tok, [constrained(seed, 32) for seed in range(4)] + [constrained(9, 3)])
+    for row in events[:4]:
+        assert row[-1].finish_reason == "stop"
+        jsonschema.validate(json.loads(_text(row)), SMALL_SCHEMA)
+    assert events[4][-1].finish_reason == "length" and _text(events[4]).startswith('{"')
+
+
+def test_token_bytes_spell_each_token_exactly(expert):
+    from deployments.token_text import token_bytes
+
+    _, tok = expert
+    text = 'Héllo wörld, 日本 "x": 1\n\ttabs'
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    table = token_bytes(tok)
+    assert b"".join(table[i] for i in ids) == text.encode()
+    partial = [table.text(i) for i in ids if table.text(i).startswith("bytes:")]
+    assert partial  # a CJK character split across tokens is spelled as its bytes, not U+FFFD
+    assert table.text(tok.eos_token_id) == tok.eos_token and table[tok.eos_token_id] == b""
