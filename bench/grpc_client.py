@@ -14,7 +14,7 @@ import grpc
 
 from bench.metrics import RequestRecord
 from bench.requests import RequestSpec
-from deployments.grpc_client import generate_request
+from deployments.grpc_client import env_api_key, generate_request
 from deployments.grpc_stubs import coe_pb2_grpc
 
 __all__ = ["GrpcSender"]
@@ -28,7 +28,8 @@ class GrpcSender:
     ) -> None:
         self.channel = grpc.aio.insecure_channel(target)
         self.stub = coe_pb2_grpc.CoEStub(self.channel)
-        self.metadata = (("application", app),)
+        key = env_api_key()
+        self.metadata = (("application", app), *((("authorization", f"Bearer {key}"),) if key else ()))
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout_s = timeout_s

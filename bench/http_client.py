@@ -15,7 +15,15 @@ import httpx
 from bench.metrics import RequestRecord
 from bench.requests import RequestSpec
 
-__all__ = ["chat_body", "stream_chat"]
+__all__ = ["auth_headers", "chat_body", "stream_chat"]
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer <first key in $COE_API_KEY>` when the server under test needs a key."""
+    from deployments.grpc_client import env_api_key
+
+    key = env_api_key()
+    return {"authorization": f"Bearer {key}"} if key else {}
 
 
 def chat_body(spec: RequestSpec, max_tokens: int, temperature: float) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from bench.http_client import stream_chat
+from bench.http_client import auth_headers, stream_chat
 from bench.metrics import (
     GoodputReport,
     LatencyStats,
@@ -207,7 +207,7 @@ async def open_sender(settings: LoadSettings, client: httpx.AsyncClient) -> Asyn
 
 
 def list_experts(url: str) -> list[str]:
-    models = httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
+    models = httpx.get(f"{url}/v1/models", headers=auth_headers(), timeout=30).json()["data"]
     return [m["id"] for m in models if m["id"] != "coe"]
 
 
@@ -228,9 +228,9 @@ async def run_benchmark(
         )
     warm, measured = list(specs[: settings.warmup]), list(specs[settings.warmup :])
     limits = httpx.Limits(max_connections=max(settings.concurrency or 0, 64 if settings.rate else 0, 8))
-    stats_client = httpx.Client()
+    stats_client = httpx.Client(headers=auth_headers())
     async with (
-        httpx.AsyncClient(limits=limits, timeout=settings.timeout_s) as client,
+        httpx.AsyncClient(limits=limits, timeout=settings.timeout_s, headers=auth_headers()) as client,
         open_sender(settings, client) as send,
     ):
         first = fetch_counters(stats_client, settings.url)
