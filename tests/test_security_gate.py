@@ -300,3 +300,78 @@ def test_a_full_admission_queue_is_503_at_once_while_the_slots_are_busy():
             assert gate.queue.in_flight == 0
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+class _Context:
+    """What a gRPC method sees of RayServegRPCContext: metadata in, code and details out."""
+
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self.metadata, self.code, self.details = metadata, None, None
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self.metadata
+
+    def peer(self) -> str:
+        return "ipv4:10.0.0.9:5555"
+
+    def set_code(self, code) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+def test_gated_grpc_methods_keep_their_shape_and_refuse_before_running():
+    import inspect
+
+    import grpc
+
+    from deployments.gate import gated
+    from deployments.grpc_stubs import coe_pb2
+
+    class Servicer:
+        calls = 0
+
+        def __init__(self, gate: Gate) -> None:
+            self.gate = gate
+
+        @gated(work=True)
+        async def Generate(self, request, grpc_context):
+            Servicer.calls += 1
+            return "reply"
+
+        @gated(work=True)
+        async def GenerateStream(self, request, grpc_context):
+            Servicer.calls += 1
+            yield "chunk"
+
+    # Serve dispatches by these: the context parameter's name, and coroutine vs async generator
+    assert "grpc_context" in inspect.signature(Servicer.Generate).parameters
+    assert inspect.iscoroutinefunction(Servicer.Generate) and inspect.isasyncgenfunction(
+        Servicer.GenerateStream
+    )
+    app, _ = _app(keys=KEYS, max_in_flight=1, max_queued=0)
+    servicer, request = Servicer(app.state.coe_gate), coe_pb2.GenerateRequest(model="tiny-00", prompt="hi")
+
+    async def scenario() -> None:
+        for metadata in ([], [("authorization", "Bearer x")]):  # no key, a wrong key
+            context = _Context(metadata)
+            with pytest.raises(Unauthorized):
+                await servicer.Generate(request, context)
+            assert context.code == grpc.StatusCode.UNAUTHENTICATED
+        good = _Context([("authorization", f"Bearer {KEYS[2]}")])
+        assert await servicer.Generate(request, good) == "reply"
+        stream = servicer.GenerateStream(request, good)
+        assert await stream.__anext__() == "chunk"  # holds the only slot until the stream closes
+        busy = _Context([("authorization", f"Bearer {KEYS[2]}")])
+        with pytest.raises(Overloaded):
+            await servicer.Generate(request, busy)
+        assert busy.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await stream.aclose()
+        assert servicer.gate.queue.in_flight == 0 and await servicer.Generate(request, good) == "reply"
+
+    asyncio.run(scenario())
+    assert Servicer.calls == 3
