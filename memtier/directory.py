@@ -27,6 +27,7 @@ class SocketEntry:
     indexed: set[str] = field(default_factory=set)  # HBM residents as the holders index knows them
     last_used: int = 0  # directory clock tick of the last lease: ties break least recently used first
     last_seen_s: float = 0.0  # monotonic time of the last heartbeat
+    kv_cache_bytes: int = 0  # the socket's KV reserve, beside `hbm` (which holds weights only)
 
     @property
     def load(self) -> int:
@@ -91,6 +92,7 @@ class ResidencyDirectory:
             if entry is not None:
                 self.drop_socket(info.socket_id)
             entry = SocketEntry(info.socket_id, info.node_id, ByteBudgetLRU(info.hbm_bytes, self.hbm_policy))
+            entry.kv_cache_bytes = info.kv_cache_bytes
             self.sockets[info.socket_id] = entry
             self.node(info.node_id).sockets.add(info.socket_id)
             self.table.add(entry)
@@ -207,6 +209,7 @@ class ResidencyDirectory:
                     socket_id=s.socket_id,
                     node_id=s.node_id,
                     hbm_bytes=s.hbm.capacity_bytes,
+                    kv_cache_bytes=s.kv_cache_bytes,
                     used_bytes=s.hbm.used_bytes,
                     pinned_bytes=s.hbm.pinned_bytes,
                     residents=s.hbm.keys_lru_order(),

@@ -94,7 +94,7 @@ class Rig:
             except ray.exceptions.RayActorError:
                 continue
             held = sum(self.config.expert(e).size_bytes for e in info["residents"])
-            assert held <= self.config.topology.hbm_per_socket
+            assert held <= self.config.topology.weights_per_socket
 
 
 @pytest.fixture()

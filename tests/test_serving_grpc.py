@@ -156,7 +156,7 @@ def test_memtier_status_shows_residency_budgets_and_hit_rates(client, grpc_confi
     for node in status.nodes:
         assert node.used_bytes <= node.ddr_bytes
         for socket in node.sockets:
-            assert socket.used_bytes <= socket.hbm_bytes == grpc_config.topology.hbm_per_socket
+            assert socket.used_bytes <= socket.hbm_bytes == grpc_config.topology.weights_per_socket
     full = json.loads(status.status_json)
     assert full["stats"]["hbm_hit_rate"] == pytest.approx(status.hbm_hit_rate)
     assert status.leases_granted >= 1 and 0 <= status.hbm_hit_rate <= 1
@@ -324,6 +324,9 @@ def test_health_check_is_serving_after_startup_and_reflection_lists_the_services
         with pytest.raises(grpc.RpcError) as info:
             health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # then only changes
+        watch.cancel()
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         asks = [
             reflection_pb2.ServerReflectionRequest(list_services=""),

@@ -119,7 +119,7 @@ def test_memtier_endpoint_shows_residency_and_budgets(rig, tiny_config):
     assert sum(len(n["sockets"]) for n in status["nodes"]) == 4
     for node in status["nodes"]:
         for socket in node["sockets"]:
-            assert socket["used_bytes"] <= socket["hbm_bytes"] == tiny_config.topology.hbm_per_socket
+            assert socket["used_bytes"] <= socket["hbm_bytes"] == tiny_config.topology.weights_per_socket
     assert "hbm_hit_rate" in status["stats"]
 
 
