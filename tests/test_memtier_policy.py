@@ -153,8 +153,9 @@ def test_admission_refuses_to_keep_a_one_off_and_frees_its_room(admission: bool)
     assert d.sockets["s0"].hbm.free_bytes == (1 if admission else 0)
 
 
-def test_a_socket_drops_a_refused_expert_after_its_request(tiny_zoo) -> None:
-    """A real tiny expert: served from HBM, then dropped because its lease says keep=False."""
+def test_a_warm_socket_serves_then_drops_a_refused_expert(tiny_zoo) -> None:
+    """A real tiny expert: paged into a socket whose skeleton was built at start, then dropped
+    after its request because its lease says keep=False."""
     from memtier.socket_residency import SocketResidency
     from memtier.store import checkpoint_info, model_config_dict, read_weights
 
@@ -174,6 +175,11 @@ def test_a_socket_drops_a_refused_expert_after_its_request(tiny_zoo) -> None:
 
     async def scenario() -> tuple[list[str], list[str], bool]:
         residency = SocketResidency("s0", "n0", 2 * size, {"one-off": size}, fetch)
+        # a socket builds its skeleton at start (SocketAgent.warm), so the page-in takes it from the pool
+        pool = residency.materializer._pool
+        assert residency.materializer.warm(model_config_dict(path)) is True
+        assert residency.materializer.warm(model_config_dict(path)) is False  # one per architecture
+        assert sum(len(models) for models in pool.values()) == 1
         lease = Lease(
             lease_id="L",
             expert="one-off",
@@ -184,6 +190,7 @@ def test_a_socket_drops_a_refused_expert_after_its_request(tiny_zoo) -> None:
             keep=False,
         )
         model, report = await residency.acquire(lease)
+        assert sum(len(models) for models in pool.values()) == 0  # the warm skeleton was used
         during = residency.info().residents
         assert report.tier == "store" and report.parts_s["materialize"] >= 0
         await residency.release("one-off")
