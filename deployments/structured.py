@@ -7,16 +7,18 @@ text parses and validates whatever the model's weights are, random ones included
 happen is running out of `max_tokens` first: the row then ends with finish_reason "length" and
 the text is a prefix of valid JSON, as OpenAI and vLLM do.
 
-Why llguidance (bench/results/structured_output.md, same tokenizer, schemas and engine): its
-outputs validated on every schema, xgrammar's too but it pulls triton (hundreds of MB) into a CPU
-install, and outlines-core ignored integer bounds (invalid outputs) and took 38 s to compile
-json_object. JSON is compact (`whitespace_flexible` off): a weak or random model cannot spend
-its token budget on whitespace between keys, and answers are shorter.
+Why llguidance (bench/results/structured_output.md, same tokenizer, schemas and engine): every
+output it allowed parsed and validated; xgrammar let a raw control character into a string (1 of
+19 invalid) and pulls triton into a CPU install; outlines-core ignored integer bounds (most
+outputs invalid) and took 20-25 s to compile json_object. Per token all three cost 35-165 us on
+this CPU, well under 1% of a decode step. JSON is compact (`whitespace_flexible` off): a weak or
+random model cannot spend its token budget on whitespace between keys, and answers are shorter.
 
 Costs paid once: the grammar of a schema is built and checked once per process (`grammar_for`,
 cached by schema text), which is also how the ingress refuses a bad schema with a 400 before any
 socket sees it; a tokenizer's llguidance view (about 1 s for a 49k vocabulary) once per tokenizer
-and vocabulary size on each socket (`ll_tokenizer`). Per token, the mask is computed on the CPU
+and vocabulary size on each socket (`ll_tokenizer`); the matcher of a grammar once per socket,
+each row starting from a copy of it. Per token, the mask is computed on the CPU
 into an int32 bitmask and unpacked to the [V] bool mask `sample_row` applies (moved to the logits'
 device there, so the same code serves CUDA).
 """
@@ -79,11 +81,26 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return bits.view(-1)[:vocab_size].bool()
 
 
+_templates: dict[tuple[int, str], tuple[llguidance.LLTokenizer, llguidance.LLMatcher]] = {}
+
+
+def _template(tokenizer: llguidance.LLTokenizer, grammar: str) -> llguidance.LLMatcher:
+    """A matcher compiled once per tokenizer and grammar, never advanced: rows get copies of it."""
+    key = (id(tokenizer), grammar)
+    with _tokenizers_lock:
+        held = _templates.get(key)
+        if held is None or held[0] is not tokenizer:
+            if len(_templates) >= 256:  # bounded like grammar_for's cache: drop the oldest
+                _templates.pop(next(iter(_templates)))
+            held = _templates[key] = (tokenizer, llguidance.LLMatcher(tokenizer, grammar))
+        return held[1]
+
+
 class JsonConstraint:
     """One row's grammar state (the engine's `RowConstraint`). Driven by the engine thread only."""
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, eos_ids: set[int]) -> None:
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar)
+        self.matcher = _template(tokenizer, grammar).deep_copy()
         self.grammar_eos = tokenizer.eos_token
         self.eos_ids = sorted(eos_ids | {tokenizer.eos_token})
         self.bitmask = llguidance.torch.allocate_token_bitmask(1, tokenizer.vocab_size)
