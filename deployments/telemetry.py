@@ -71,9 +71,12 @@ class RequestTrace:
         self.finish_reason: str | None = None
         self.done = False
         self._timing = True
+        self.prompt_tokens: int | None = None
 
-    def bind(self, prepared: Prepared) -> None:
+    def bind(self, prepared: Prepared, *, prompt_tokens: int | None = None) -> None:
+        """The request's (first) prompt; `prompt_tokens` when it has several (a prompt list)."""
         self.prepared = prepared
+        self.prompt_tokens = prompt_tokens
         self.stream = prepared.request.stream or self.stream
         prepared.trace = self  # the service may call trace.saw() as events arrive (module docstring)
 
@@ -126,6 +129,7 @@ class RequestTrace:
     def record(self, status: str, err: CoEError | None = None) -> RequestRecord:
         now = time.monotonic()
         p, info = self.prepared, (self.info_out[0] if self.info_out else None)
+        prompt_tokens = self.prompt_tokens if self.prompt_tokens is not None else len(p.input_ids) if p else 0
         prompt = None
         if p is not None and self.telemetry.config.observability.log_prompts:
             prompt = p.request.messages if p.request.messages is not None else p.request.prompt
@@ -150,7 +154,7 @@ class RequestTrace:
             queue_s=self.queue_s,
             ttft_s=self.first_token_s - self.arrived_s if self.first_token_s is not None else None,
             e2e_s=now - self.arrived_s,
-            prompt_tokens=len(p.input_ids) if p is not None else 0,
+            prompt_tokens=prompt_tokens,
             completion_tokens=self.tokens,
             finish_reason=self.finish_reason if err is None else None,
             prompt=prompt,

@@ -171,6 +171,13 @@ def test_errors_and_aborts_have_their_own_lines_and_counts(telemetry):
     ]
 
 
+def test_a_prompt_list_counts_every_prompts_tokens(telemetry):
+    trace = telemetry.trace("http", "completions")
+    trace.bind(_prepared(), prompt_tokens=9)  # three prompts of 3 tokens: the ingress sums them
+    trace.finish()
+    assert _lines(telemetry)[-1]["prompt_tokens"] == 9
+
+
 def test_prompts_are_logged_only_when_enabled(tiny_config, tmp_path):
     observability = ObservabilityConfig(
         request_log_path=str(tmp_path / "with-prompts.jsonl"), log_prompts=True
