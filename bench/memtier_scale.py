@@ -178,7 +178,8 @@ def measure_core(sockets: int, callers: int, pairs: int, experts_per_socket: int
 # --------------------------------------------------------------------------- actor
 async def _heartbeats(memtier, sockets: SimSockets, stop: asyncio.Event, period_s: float = 1.0) -> None:
     """Every socket heartbeats what it holds once per period, spread over the period (the load a live
-    cluster adds); each call is awaited before the run ends, so none is left queued."""
+    cluster adds), unless it released a lease within the period (SocketAgent skips that beat: the
+    release carried its report); each call is awaited before the run ends, so none is left queued."""
     ids = list(sockets.infos)
     gap_s = period_s / max(1, len(ids))
     calls = []
@@ -186,11 +187,13 @@ async def _heartbeats(memtier, sockets: SimSockets, stop: asyncio.Event, period_
         for socket_id in ids:
             if stop.is_set():
                 break
+            await asyncio.sleep(gap_s)
+            if time.monotonic() - sockets.reported_s.get(socket_id, float("-inf")) < period_s:
+                continue
             info = sockets.infos[socket_id].model_copy(
                 update={"residents": list(sockets.residents[socket_id])}
             )
             calls.append(memtier.heartbeat.remote(info))
-            await asyncio.sleep(gap_s)
     await asyncio.gather(*calls)
 
 
@@ -201,11 +204,13 @@ class SimSockets:
     def __init__(self, infos: list[SocketInfo]) -> None:
         self.infos = {info.socket_id: info for info in infos}
         self.residents: dict[str, list[str]] = {info.socket_id: [] for info in infos}
+        self.reported_s: dict[str, float] = {}  # last release (which carries the report), as SocketAgent
 
     def run(self, lease: Lease) -> SocketInfo:
         held = [e for e in self.residents[lease.socket_id] if e not in lease.evict and e != lease.expert]
         held.append(lease.expert)
         self.residents[lease.socket_id] = held
+        self.reported_s[lease.socket_id] = time.monotonic()
         return self.infos[lease.socket_id].model_copy(update={"residents": list(held)})
 
 

@@ -168,12 +168,19 @@ class MemTierCore:
         return cancelled
 
     def release(
-        self, lease_id: str, report: ActivationReport | None, socket: SocketInfo | None = None
+        self,
+        lease_id: str,
+        report: ActivationReport | None,
+        socket: SocketInfo | None = None,
+        now_s: float | None = None,
     ) -> bool:
-        """Unpin a lease; `socket` (the socket's own report, sent with the release) re-syncs its HBM."""
+        """Unpin a lease; `socket` (the socket's own report, sent with the release) re-syncs its HBM
+        and, like a heartbeat, shows the socket alive at `now_s` (a busy socket skips heartbeats)."""
         released = self._release(lease_id, report)
         if socket is not None and socket.socket_id in self.directory.sockets:
             self.directory.sync_socket(socket)
+            if now_s is not None:
+                self.directory.sockets[socket.socket_id].last_seen_s = now_s
         return released
 
     def _release(self, lease_id: str, report: ActivationReport | None) -> bool:
@@ -345,7 +352,7 @@ class MemTier:
     async def release(
         self, lease_id: str, report: ActivationReport | None = None, socket: SocketInfo | None = None
     ) -> bool:
-        released = self.core.release(lease_id, report, socket)
+        released = self.core.release(lease_id, report, socket, time.monotonic())
         self._notify()
         return released
 
@@ -361,9 +368,10 @@ class MemTier:
         same batch.
         """
         released: list[bool | BaseException] = []
+        now_s = time.monotonic()
         for lease_id, report, socket in releases:
             try:
-                released.append(self.core.release(lease_id, report, socket))
+                released.append(self.core.release(lease_id, report, socket, now_s))
             except Exception as err:  # a bad report must not fail the other callers' releases
                 released.append(err)
         if releases:
