@@ -2,7 +2,7 @@
 
 Sockets are byte budgets and experts are byte sizes (STYLE: "test without the hardware"), so
 every scenario asserts the directory after each step and the property test can run hundreds of
-random sequences in a second or two. `MemTierCore` builds `MemtierMetrics` (`ray.util.metrics`);
+random sequences in a second or two. `MemTierCore` builds `MemtierMetrics` (prometheus_client);
 those record without `ray.init()` (checked: no error, no warning), so no Ray fixture is needed.
 """
 
