@@ -451,6 +451,16 @@ class SocketEngine:
                 max_running=max([self._retired_max_running] + [b.max_running for b in batches]),
             )
 
+    def rows_by_expert(self) -> dict[str, tuple[int, int]]:
+        """expert -> (running rows, waiting rows) now: the vLLM running/waiting gauges, per expert."""
+        counts: dict[str, tuple[int, int]] = {}
+        with self._wake:
+            for (expert, _), batch in self._batches.items():
+                running, waiting = counts.get(expert, (0, 0))
+                in_prefill = len(batch.prefill.rows) if batch.prefill else 0
+                counts[expert] = (running + len(batch.running) + in_prefill, waiting + len(batch.waiting))
+        return counts
+
     def kv_cache_bytes(self) -> int:
         """Bytes of KV cache tensors the socket really holds now (invariant 1 counts them)."""
         return self.stats().kv_cache_bytes

@@ -47,7 +47,23 @@ class ExpertSocket:
             kv_capacity_bytes=config.topology.kv_cache_per_socket,
             name=self.socket_id,
         )
+        from deployments import metrics
+
+        metrics.start_pushing(config)
+        self._gauges = asyncio.get_running_loop().create_task(self._publish_rows(metrics))
         logger.info("socket %s on node %s registered with memtier", self.socket_id, self.agent.node_id)
+
+    async def _publish_rows(self, metrics, period_s: float = 1.0) -> None:
+        """num_requests_running / num_requests_waiting per expert, from the engine, every second."""
+        shown: set[str] = set()
+        while True:
+            counts = self.engine.rows_by_expert()
+            for expert in shown | set(counts):
+                running, waiting = counts.get(expert, (0, 0))
+                metrics.set_running(self.socket_id, expert, running)
+                metrics.set_waiting(self.socket_id, expert, waiting)
+            shown = set(counts)
+            await asyncio.sleep(period_s)
 
     async def generate(self, request: dict, socket: str, lease: Lease) -> AsyncIterator[dict]:
         """Stream `SocketEvent` dicts: one activation event, then tokens until a finish_reason."""

@@ -324,6 +324,7 @@ def test_two_experts_on_one_socket_take_turns(expert, tiny_zoo):
         log: list[tuple[str, TokenEvent]] = []
         a = engine.submit("a", model, tok, set(), _greedy([5, 6], 20))
         b = engine.submit("b", other, other_tok, set(), _greedy([5, 6], 20))
+        assert set(engine.rows_by_expert()) == {"a", "b"}  # both counted, whatever their state
         await asyncio.gather(_collect(a, log, "a"), _collect(b, log, "b"))
         return [name for name, _ in log]
 
