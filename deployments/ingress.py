@@ -85,7 +85,7 @@ class CoERouter(GrpcServicerMixin, GrpcHealthMixin):
             except ValidationError as err:
                 raise schema_error(err) from None
             prepared = await prepare_all(self.service, body)  # one per prompt (openai_responses.py)
-            trace.bind(prepared[0])
+            trace.bind(prepared[0], prompt_tokens=sum(len(p.input_ids) for p in prepared))
             return await respond(self.service, trace, prepared, kind, body.output(), body.model)
         except CoEError as err:
             return _error_response(trace.fail(err))
