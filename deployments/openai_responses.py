@@ -1,9 +1,12 @@
 """OpenAI's answer shapes for /v1/chat/completions and /v1/completions, buffered or streamed (SSE).
 
 A request may have several prompts (a completions list) and several rows per prompt (`n`, or
-`best_of` of which the n most likely are kept). Each prompt is its own `CoEService.stream` (its
-own route and lease); its n rows run together on one socket and their events say which row
-(`SocketEvent.index`). Choice `i * n + j` is prompt i's row j, as vLLM numbers them.
+`best_of` of which the n most likely are kept). The prompts that go to one expert (all of them,
+unless `coe` routes them apart) are one `CoEService.stream`: one lease, one socket call, every row
+batched together, events saying which row (`SocketEvent.index`). Prompts routed to different
+experts are answered one expert after another: Serve indexes a request's calls by the request's
+id, so two calls of one request in flight at once can leave one of them unrouted. Choice
+`i * n + j` is prompt i's row j, as vLLM numbers them.
 
 Logprobs travel as token ids and are given their text here, from the expert's tokenizer
 (`deployments/token_text.py`): `bytes` are the token's exact bytes and `token` their text, so
@@ -16,6 +19,8 @@ too: they were generated), the same whether streamed or not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -69,34 +74,41 @@ class Answer:
         self.rows = options.rows
         self.choices = [_Choice(i) for i in range(len(prepared) * self.rows)]
         self.tables: list[TokenBytes] = [token_bytes(service.tokenizers.get(p.expert)) for p in prepared]
-        experts = {p.expert for p in prepared}
-        self.model = prepared[0].expert if len(experts) == 1 else model
-        self.infos: list[list[CoEInfo]] = [[] for _ in prepared]
+        groups: dict[str, list[int]] = {}
+        for number, p in enumerate(prepared):
+            groups.setdefault(p.expert, []).append(number)
+        self.groups = list(groups.values())  # prompt numbers per expert, in order of first appearance
+        self.model = prepared[0].expert if len(groups) == 1 else model
+        self.infos: list[list[CoEInfo]] = [[] for _ in self.groups]
 
     # ------------------------------------------------------------------ events in
     async def events(
         self, trace: RequestTrace, *, buffered: bool
     ) -> AsyncIterator[tuple[_Choice, SocketEvent]]:
-        """Every prompt's socket events as they come, each with its choice; the trace sees the sum."""
-        self.infos[0] = trace.info_out  # the first prompt's CoEInfo is the request's (headers, log line)
-        async for prompt, event in _merged(
-            [self.service.stream(p, self.infos[i], buffered=buffered) for i, p in enumerate(self.prepared)]
-        ):
-            choice = self.choices[prompt * self.rows + event.index]
-            choice.tokens = max(choice.tokens, event.completion_tokens)
-            choice.finish_reason = event.finish_reason or choice.finish_reason
-            choice.cumulative_logprob += sum(lp.logprob or 0.0 for lp in event.logprobs)
-            done = all(c.finish_reason for c in self.choices)
-            trace.saw(
-                event.model_copy(
-                    update={
-                        "completion_tokens": self.completion_tokens,
-                        "finish_reason": choice.finish_reason if done else None,
-                    }
-                ),
-                timed=not buffered,
-            )
-            yield choice, event
+        """Every prompt's socket events, one expert's call after another, each with its choice."""
+        self.infos[0] = trace.info_out  # the first expert's CoEInfo is the request's (headers, log line)
+        for number, prompts in enumerate(self.groups):
+            head = self.prepared[prompts[0]]
+            call = dataclasses.replace(head, more_input_ids=[self.prepared[i].input_ids for i in prompts[1:]])
+            stream = self.service.stream(call, self.infos[number], buffered=buffered)
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    yield self._seen(trace, prompts, event, buffered), event
+
+    def _seen(self, trace: RequestTrace, prompts: list[int], event: SocketEvent, buffered: bool) -> _Choice:
+        """Fold an event into its choice (row p * n + j of a call is prompt prompts[p]); the trace
+        sees the sum of every choice's tokens."""
+        choice = self.choices[prompts[event.index // self.rows] * self.rows + event.index % self.rows]
+        choice.tokens = max(choice.tokens, event.completion_tokens)
+        choice.finish_reason = event.finish_reason or choice.finish_reason
+        choice.cumulative_logprob += sum(lp.logprob or 0.0 for lp in event.logprobs)
+        done = all(c.finish_reason for c in self.choices)
+        update = {
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": choice.finish_reason if done else None,
+        }
+        trace.saw(event.model_copy(update=update), timed=not buffered)
+        return choice
 
     @property
     def completion_tokens(self) -> int:
@@ -264,46 +276,6 @@ class Answer:
         body.pop("coe")
         body["usage"] = self.usage().model_dump()
         return body
-
-
-async def _merged(streams: list[AsyncIterator[SocketEvent]]) -> AsyncIterator[tuple[int, SocketEvent]]:
-    """Events of several streams as they arrive, with the stream's number. One stream: no tasks.
-    An error in any stream ends all of them; closing this iterator closes every stream (leases)."""
-    if len(streams) == 1:
-        try:
-            async for event in streams[0]:
-                yield 0, event
-        finally:
-            await streams[0].aclose()
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(number: int, stream: AsyncIterator[SocketEvent]) -> None:
-        try:
-            async for event in stream:
-                await queue.put((number, event))
-            await queue.put((number, done))
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            await queue.put((number, err))
-        finally:
-            await stream.aclose()
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            number, item = await queue.get()
-            if item is done:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield number, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def complete(answer: Answer, trace: RequestTrace) -> Response:

@@ -60,6 +60,7 @@ class Prepared:
     routed: bool = False
     fallback: bool = False
     entropy: float | None = None
+    more_input_ids: list[list[int]] = field(default_factory=list)  # further prompts, same expert and call
 
 
 def _cause(err: BaseException) -> BaseException:
@@ -214,6 +215,7 @@ class CoEService:
         payload = SocketRequest(
             expert=prepared.expert,
             input_ids=prepared.input_ids,
+            more_prompts=prepared.more_input_ids,
             max_tokens=prepared.max_tokens,
             sampling=prepared.sampling,
             stop=prepared.request.stop,

@@ -98,30 +98,35 @@ class ExpertSocket:
                 self.engine.wake()  # ...or they leave the queue now, if they were waiting for KV room
 
     async def _rows(self, req: SocketRequest, model, tokenizer, eos_ids: set[int]) -> list[GenRequest]:
-        """The request's n rows: choice i samples with seed + i (its own stream), each with its own
-        grammar matcher when the answer must match a JSON schema (built off the event loop: the
-        first one per tokenizer takes about a second)."""
-        constraints: list = [None] * req.n
+        """The request's rows, n per prompt (prompt-major): choice j samples with seed + j (its own
+        stream), each with its own grammar matcher when the answer must match a JSON schema (built
+        off the event loop: the first one per tokenizer takes about a second)."""
+        prompts = [req.input_ids, *req.more_prompts]
+        count = len(prompts) * req.n
+        constraints: list = [None] * count
         if req.json_schema is not None:
             vocab_size = int(model.get_output_embeddings().weight.shape[0])
             schema = req.json_schema
             constraints = await asyncio.to_thread(
-                lambda: [json_constraint(tokenizer, vocab_size, eos_ids, schema) for _ in range(req.n)]
+                lambda: [json_constraint(tokenizer, vocab_size, eos_ids, schema) for _ in range(count)]
             )
         sampling = req.sampling.model_dump()
         return [
             GenRequest(
-                input_ids=req.input_ids,
+                input_ids=prompts[row // req.n],
                 max_tokens=req.max_tokens,
                 params=SamplingParams(
-                    **{**sampling, "seed": None if req.sampling.seed is None else req.sampling.seed + i},
+                    **{
+                        **sampling,
+                        "seed": None if req.sampling.seed is None else req.sampling.seed + row % req.n,
+                    },
                     logprobs=req.logprobs,
                 ),
                 stop=req.stop,
-                constraint=constraints[i],
+                constraint=constraints[row],
                 prompt_logprobs=req.prompt_logprobs,
             )
-            for i in range(req.n)
+            for row in range(count)
         ]
 
     async def engine_stats(self) -> dict:

@@ -92,7 +92,11 @@ class SocketRequest(BaseModel):
     max_tokens: int
     sampling: Sampling
     stop: list[str]
-    n: int = Field(1, description="Rows to run for this prompt (one lease, batched together).")
+    more_prompts: list[list[int]] = Field(
+        default_factory=list,
+        description="Further prompts for the same expert (a completions list): one call, one lease.",
+    )
+    n: int = Field(1, description="Rows per prompt (batched together); rows are prompt-major.")
     logprobs: int | None = None
     prompt_logprobs: bool = False
     json_schema: str | None = None
@@ -111,7 +115,7 @@ class SocketEvent(BaseModel):
     report: ActivationReport | None = None
     socket_id: str | None = None
     node_id: str | None = None
-    index: int = Field(0, description="Which of the request's n rows this event belongs to.")
+    index: int = Field(0, description="Which row: prompt p's choice j is p * n + j.")
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
