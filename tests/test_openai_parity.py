@@ -131,6 +131,17 @@ def test_completions_prompt_lists_token_ids_echo_and_prompt_logprobs(client, tok
     assert err.value.body["param"] == "prompt"
 
 
+def test_a_routed_prompt_list_answers_every_prompt(rig, client, router_artifact):
+    """Each prompt is routed; prompts of one expert share a socket call, experts go one after another."""
+    prompts = ["How do I reverse a list in Python?", "What is the derivative of x^2?", "Write a haiku"]
+    routes = [httpx.post(f"{rig.base_url}/v1/route", json={"prompt": p}).json()["expert"] for p in prompts]
+    listed = client.completions.create(model="coe", prompt=prompts, n=2, max_tokens=3, seed=4)
+    assert listed.model == (routes[0] if len(set(routes)) == 1 else "coe")
+    assert [c.index for c in listed.choices] == list(range(6))
+    assert all(c.finish_reason in {"stop", "length"} for c in listed.choices)
+    assert listed.usage.completion_tokens >= 6
+
+
 def test_best_of_returns_the_most_likely_rows(client):
     best = client.completions.create(
         model="tiny-05", prompt="Hello", best_of=3, n=1, max_tokens=4, seed=11, logprobs=0
