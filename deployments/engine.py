@@ -465,10 +465,14 @@ class SocketEngine:
         """Bytes of KV cache tensors the socket really holds now (invariant 1 counts them)."""
         return self.stats().kv_cache_bytes
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the loop and wait for its step in flight: a daemon thread still inside torch when
+        the interpreter exits aborts the process ("terminate called without an active exception")."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
 
     # ------------------------------------------------------------------ the loop
     def _next_batch(self) -> ExpertBatch | None:
