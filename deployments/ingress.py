@@ -84,7 +84,8 @@ class CoERouter(GrpcServicerMixin, GrpcHealthMixin):
                 body = (ChatCompletionRequest if kind == "chat" else CompletionRequest).model_validate(data)
             except ValidationError as err:
                 raise schema_error(err) from None
-            prepared = await prepare_all(self.service, body)  # one per prompt (openai_responses.py)
+            session = request.headers.get("x-session-id") or None  # else the body's `user`
+            prepared = await prepare_all(self.service, body, session)  # one per prompt (openai_responses.py)
             trace.bind(prepared[0], prompt_tokens=sum(len(p.input_ids) for p in prepared))
             return await respond(self.service, trace, prepared, kind, body.output(), body.model)
         except CoEError as err:
@@ -154,7 +155,7 @@ class CoERouter(GrpcServicerMixin, GrpcHealthMixin):
                 if body.messages is not None
                 else body.prompt
             )
-            session = body.user or request.headers.get("x-session-id") or None
+            session = request.headers.get("x-session-id") or body.user or None
             decision = await self.service.route(target, session)
             return JSONResponse(decision.model_dump())
         except CoEError as err:

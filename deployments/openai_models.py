@@ -174,7 +174,11 @@ class _SamplingFields(_Strict):
         1, ge=1, le=128, description="Choices; the server's limits.max_choices caps n (x prompts, x best_of)."
     )
     response_format: ResponseFormat | None = None
-    user: str | None = Field(None, max_length=256, description="End-user id; no effect on the answer.")
+    user: str | None = Field(
+        None,
+        max_length=256,
+        description="End-user id; with model 'coe' it pins the conversation's expert (router/README).",
+    )
     safety_identifier: str | None = Field(None, max_length=256, description="As `user`: no effect.")
     prompt_cache_key: str | None = Field(
         None, max_length=256, description="A cache hint; CoE Serve's experts keep no prompt cache: no effect."
@@ -258,6 +262,7 @@ class _SamplingFields(_Strict):
             logprobs=logprobs,
             prompt_logprobs=options.echo and options.logprobs is not None,
             json_schema=self.response_format.schema_json() if self.response_format else None,
+            session_id=self.user,
             **inputs,
         )
 
@@ -366,6 +371,9 @@ class CoEInfo(BaseModel):
         False, description="The router was unsure (entropy above τ) and used the fallback."
     )
     entropy: float | None = None
+    pinned: bool = Field(
+        False, description="The session (`user` / `x-session-id`) kept its expert over the router's pick."
+    )
     tier: str = Field(
         description="Where the weights came from: hbm (resident), ddr (node memory), store (disk)."
     )

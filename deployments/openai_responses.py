@@ -347,9 +347,12 @@ async def respond(
     return await (stream(answer, trace) if options.stream else complete(answer, trace))
 
 
-async def prepare_all(service: CoEService, body) -> list[Prepared]:
-    """One `Prepared` per prompt of `body` (a completions list has several), within the choice limit."""
+async def prepare_all(service: CoEService, body, session: str | None = None) -> list[Prepared]:
+    """One `Prepared` per prompt of `body` (a completions list has several), within the choice limit.
+    `session` (the `x-session-id` header) wins over the body's `user`, as on /v1/route."""
     generations = body.to_generations()
+    if session:
+        generations = [g.model_copy(update={"session_id": session}) for g in generations]
     rows, limit = body.output().rows, service.config.limits.max_choices
     if rows * len(generations) > limit:
         raise LimitExceeded(

@@ -39,6 +39,7 @@ from deployments.wire import (
     SocketEvent,
     SocketRequest,
 )
+from memtier.client import MemTierClient
 from memtier.directory import UnknownExpertError
 from memtier.pager import PlacementTimeout
 from memtier.placement import NeverPlaceable
@@ -60,6 +61,7 @@ class Prepared:
     routed: bool = False
     fallback: bool = False
     entropy: float | None = None
+    pinned: bool = False  # the session's expert, kept over the router's pick for this turn
     more_input_ids: list[list[int]] = field(default_factory=list)  # further prompts, same expert and call
 
 
@@ -77,6 +79,9 @@ class CoEService:
         self.config = config
         self.sockets = socket_handle
         self.memtier = ensure_memtier(config)
+        # Every request places and releases a lease: one batched actor call per event-loop turn
+        # for all of this ingress replica's requests, not one each (memtier/client.py).
+        self.leases = MemTierClient(self.memtier)
         self.tokenizers = TokenizerCache(config)
         self._router = None
         self.expert_ids = set(config.expert_ids)
@@ -124,10 +129,11 @@ class CoEService:
         if request.model == COE_MODEL:
             decision = await self.route(
                 request.messages if request.messages is not None else request.prompt,
-                getattr(request, "session_id", None),
+                request.session_id,
             )
             prepared.expert, prepared.category = decision.expert, decision.category
             prepared.routed, prepared.fallback, prepared.entropy = True, decision.fallback, decision.entropy
+            prepared.pinned = decision.pinned
         elif request.model not in self.expert_ids:
             raise ModelNotFound(
                 f"model {request.model!r} does not exist; the model list (GET /v1/models, gRPC ListExperts) "
@@ -189,9 +195,9 @@ class CoEService:
     # ------------------------------------------------------------------ dispatch
     async def _place(self, expert: str):
         try:
-            return await self.memtier.place.remote(expert)
-        except RayTaskError as err:
-            cause = _cause(err)
+            return await self.leases.place(expert)
+        except (RayTaskError, PlacementTimeout, NeverPlaceable, UnknownExpertError) as err:
+            cause = _cause(err)  # a batched placement returns the authority's exception itself
             if isinstance(cause, PlacementTimeout):
                 raise NoCapacity(
                     f"no socket could take expert {expert!r} in time: {cause}", retry_after_s=1.0
@@ -245,6 +251,7 @@ class CoEService:
                                 routed=prepared.routed,
                                 fallback=prepared.fallback,
                                 entropy=prepared.entropy,
+                                pinned=prepared.pinned,
                                 tier=event.report.tier,
                                 socket=event.socket_id or lease.socket_id,
                                 node=event.node_id or lease.node_id,
@@ -299,7 +306,7 @@ class CoEService:
 
     async def _release(self, lease_id: str) -> None:
         try:
-            await self.memtier.release.remote(lease_id)
+            await self.leases.release(lease_id)
         except Exception as err:  # MemTier restarting: its lease TTL reaps the pin
             logger.warning("releasing lease %s failed: %s", lease_id, err)
 

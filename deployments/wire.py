@@ -45,6 +45,12 @@ class GenerationRequest(BaseModel):
     json_schema: str | None = Field(
         None, description="Structured output: the JSON schema (text) every choice must match."
     )
+    session_id: str | None = Field(
+        None,
+        max_length=256,
+        description="OpenAI `user` or the `x-session-id` header: a routed (`coe`) conversation keeps "
+        "its expert across turns (router/conversation.py), as /v1/route does.",
+    )
 
 
 class Sampling(BaseModel):

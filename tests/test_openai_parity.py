@@ -338,3 +338,33 @@ def test_tools_are_a_clear_400_with_the_client(client):
         )
     assert err.value.status_code == 400 and err.value.body["param"] == "tools"
     assert "tool calling" in err.value.body["message"]
+
+
+def test_a_chat_session_keeps_its_expert_across_turns(rig, client, router_artifact):
+    """`user` (or `x-session-id`) pins a routed conversation's expert on chat completions, as on
+    /v1/route: a vague later turn that the router alone would send elsewhere stays with the pin."""
+    first = "How do I reverse a list in Python?"
+    opener = httpx.post(f"{rig.base_url}/v1/route", json={"prompt": first}).json()
+    assert not opener["fallback"], opener  # the first turn must pin something
+    vague = [
+        v
+        for v in ("ok", "thanks!", "hmm, what else?", "tell me more", "and then?", "hello")
+        if httpx.post(f"{rig.base_url}/v1/route", json={"prompt": v}).json()["expert"] != opener["expert"]
+    ]
+    assert vague, "every candidate routes to the opener's expert alone: the test could not tell a pin"
+    for session in ({"user": "chat-session-1"}, {"extra_headers": {"x-session-id": "chat-session-2"}}):
+        turn1 = _chat(client, model="coe", content=first, max_tokens=2, **session)
+        assert turn1.model_extra["coe"]["expert"] == opener["expert"]
+        turn2 = _chat(client, model="coe", content=vague[0], max_tokens=2, **session)
+        assert turn2.model_extra["coe"]["expert"] == opener["expert"]
+        assert turn2.model_extra["coe"]["pinned"] is True
+    alone = _chat(client, model="coe", content=vague[0], max_tokens=2)
+    assert alone.model_extra["coe"]["expert"] != opener["expert"] and not alone.model_extra["coe"]["pinned"]
+
+
+def test_route_endpoint_names_the_bad_field(rig):
+    both = {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}
+    for body, param in (({}, "messages"), (both, "messages"), ({"prompt": 5}, "prompt")):
+        response = httpx.post(f"{rig.base_url}/v1/route", json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["param"] == param, (body, response.json())
