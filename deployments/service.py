@@ -261,7 +261,10 @@ class CoEService:
                         )
                         continue
                     if event.finish_reason == "error":
-                        raise CoEError(f"generation failed on socket {lease.socket_id}: {event.text}")
+                        # The engine's text names the exception: logged here, never sent to the client.
+                        logger.error("generation failed on socket %s: %s", lease.socket_id, event.text)
+                        failed = f"generation failed on socket {lease.socket_id}"
+                        raise CoEError(failed, code="internal_error")
                     if event.finish_reason == KV_TOO_LARGE:
                         raise LimitExceeded(
                             f"{event.text}: shorten the prompt or ask for fewer max_tokens",
