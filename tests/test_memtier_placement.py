@@ -482,20 +482,31 @@ def check_invariants(core: MemTierCore) -> None:
     assert set(per_socket) == set(d.leases) == set(core.lease_granted_s)
 
 
+FULL_DDR = Counter()  # how often the random sequences met a full DDR (the test asserts they did)
+
+
+def test_random_sequences_keep_budgets_pins_and_lease_books() -> None:
+    """Random sizes, budgets and steps; the invariants after every step. DDR is drawn from one
+    expert up to past a node's whole HBM, so page-ins through a full DDR (evicting, or waiting
+    when all of it is pinned) happen in the random runs themselves, not only in the scenario above."""
+    FULL_DDR.clear()
+    _random_sequences()
+    assert FULL_DDR["evicted"] > 0 and FULL_DDR["waited"] > 0, FULL_DDR
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sizes_mb=st.lists(st.integers(1, 5), min_size=6, max_size=6),
     hbm_mb=st.lists(st.integers(2, 5), min_size=4, max_size=4),
-    steps=st.lists(ops, max_size=60),
+    ddr_extra_mb=st.integers(0, 3),
+    steps=st.lists(ops, min_size=10, max_size=60),
 )
-def test_random_sequences_keep_budgets_pins_and_lease_books(
-    sizes_mb: list[int], hbm_mb: list[int], steps: list[tuple]
-) -> None:
+def _random_sequences(sizes_mb: list[int], hbm_mb: list[int], ddr_extra_mb: int, steps: list[tuple]) -> None:
     experts = {f"e{i}": size * MB for i, size in enumerate(sizes_mb)}
     hbm_bytes = {socket_id: mb * MB for socket_id, mb in zip(sorted(SOCKETS), hbm_mb, strict=True)}
-    # DDR at least the node's total HBM: the pins it can hold are bounded by HBM pins. A smaller
-    # DDR hits the bug in test_a_page_in_through_a_full_pinned_ddr_waits_and_leaves_no_orphan_pin.
-    core = MemTierCore("prop", experts, ddr_bytes_per_node=10 * MB)
+    # DDR holds at least the largest expert (the config refuses less) and often less than the
+    # node's HBM (2 sockets x 2..5 MB), so its pins can fill it.
+    core = MemTierCore("prop", experts, ddr_bytes_per_node=(max(sizes_mb) + ddr_extra_mb) * MB)
     names = sorted(experts)
 
     def info(socket_id: str, residents: tuple[str, ...] = ()) -> SocketInfo:
@@ -514,10 +525,18 @@ def test_random_sequences_keep_budgets_pins_and_lease_books(
             case ("place", index, saturation):
                 core.saturation = saturation
                 pinned_before = {s.socket_id: pinned(s.hbm) for s in core.directory.sockets.values()}
+                size, nodes = experts[names[index]], core.directory.nodes.values()
+                # node -> (free DDR bytes, whether its DDR holds the expert) before this step
+                ddr_had = {n.node_id: (n.ddr.free_bytes, names[index] in n.ddr) for n in nodes}
+                ddr_pinned_full = any(n.ddr.pinned_bytes + size > n.ddr.capacity_bytes for n in nodes)
                 try:
                     lease = core.try_place(names[index], 0.0)
                 except (NoCapacityNow, NeverPlaceable):
+                    FULL_DDR["waited"] += ddr_pinned_full
                     continue
+                free, held = ddr_had.get(lease.node_id, (0, False))
+                if lease.tier != "hbm" and not held:  # a STORE page-in into this node's DDR
+                    FULL_DDR["evicted"] += free < size
                 granted.append(lease.lease_id)
                 assert not set(lease.evict) & pinned_before[lease.socket_id]
             case ("release", index):
@@ -630,10 +649,11 @@ def test_switch_percentiles_over_a_hundred_switches() -> None:
         core.release(core.try_place("a", 0.0).lease_id, ActivationReport(tier="ddr", switch_s=ms / 1000))
     stats = core.snapshot_stats()
     assert stats.switches == 100
-    # The implementation indexes int(q * n) into the sorted samples, one rank above nearest-rank.
-    assert 0.050 <= stats.switch_s_p50 <= 0.051
-    assert 0.090 <= stats.switch_s_p90 <= 0.091
-    assert 0.099 <= stats.switch_s_p99 <= 0.100
+    samples = [ms / 1000 for ms in range(1, 101)]
+    for q, value in [(0.5, stats.switch_s_p50), (0.9, stats.switch_s_p90), (0.99, stats.switch_s_p99)]:
+        # A q-quantile is a sample with at most q*n samples below it and at least q*n up to it.
+        below, up_to = sum(s < value for s in samples), sum(s <= value for s in samples)
+        assert value in samples and below <= q * 100 + 1e-9 and up_to >= q * 100 - 1e-9, (q, value)
 
 
 def test_empty_stats_and_status_report_budgets_per_node() -> None:
