@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from router.calibration import choose_tau, expected_calibration_error, fit_temperature, risk_coverage_curve
+from router.classifier import entropy_nats
 
 
 def _sampled(n: int, k: int, true_t: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +45,9 @@ def test_tau_maximises_expected_quality_on_the_curve():
     curve = risk_coverage_curve(probs, labels, torch.eye(2, dtype=torch.float64), torch.tensor([0.6, 0.6]))
     best = choose_tau(curve)
     assert best.coverage == 0.5 and best.risk == 0.0
+    # Whatever grid the curve uses, tau separates them: the sure prompt routes, the unsure falls back.
+    sure, unsure = entropy_nats(probs).tolist()
+    assert sure <= best.entropy_threshold < unsure
     assert best.expected_quality == pytest.approx((1.0 + 0.6) / 2)
     assert curve[-1].coverage == 1.0 and curve[-1].entropy_threshold == pytest.approx(math.log(2))
     assert [p.coverage for p in curve] == sorted(p.coverage for p in curve)

@@ -18,7 +18,7 @@ from cluster.paths import REPO_ROOT, router_dir
 from router import CATEGORIES, InvalidPromptError, RouteDecision, load_router
 from router.conversation import SessionPolicy
 from router.corpus import MANIFEST_PATH
-from router.data import HELDOUT_PATH, load_jsonl
+from router.data import HELDOUT_PATH, OOD_PATH, load_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,23 @@ def test_shipped_artifact_carries_its_loso_report_temperature_and_tau(router):
     assert report.chosen.expected_quality == max(p.expected_quality for p in report.risk_coverage)
     assert sum(map(sum, report.leave_one_source_out.confusion)) == report.train_count
     assert report.ece_calibrated_in_sample < report.ece_uncalibrated
+
+
+def test_the_loaded_router_reproduces_its_reported_fallback_rate_and_accuracy_definition(router):
+    """The report's OOD fallback rate was measured in training; recomputed here through the router
+    as `load_router` serves it (encoder, head, temperature and tau read back from disk)."""
+    report = router.artifact.report
+    ood = load_jsonl(OOD_PATH)
+    assert len(ood) == report.ood_count
+    fell_back = [d.fallback for d in router.route_batch([r.prompt for r in ood])]
+    # Batches differ from training's, so an entropy right at tau may flip: allow one prompt.
+    assert abs(sum(fell_back) - report.ood_fallback_rate * len(ood)) <= 1
+    for label, rate in report.ood_fallback_rate_by_label.items():
+        mine = [f for f, r in zip(fell_back, ood, strict=True) if r.category == label]
+        assert abs(sum(mine) - rate * len(mine)) <= 1, label
+    loso = report.leave_one_source_out  # accuracy is the confusion matrix's diagonal share
+    diagonal = sum(loso.confusion[i][i] for i in range(len(loso.categories)))
+    assert loso.accuracy == pytest.approx(diagonal / sum(map(sum, loso.confusion)))
 
 
 # The hard cases router/README.md decides; each must route as the guide says.
