@@ -14,6 +14,8 @@ from memtier.ddr_store import DDRStore
 TINY_BYTES = 4 * 10**6
 REQUIRED_ROW_FIELDS = {"expert_bytes", "tier", "seconds", "gbps", "ratio_to_memcpy"}
 
+pytestmark = pytest.mark.integration  # a private local Ray
+
 
 @pytest.fixture(scope="module")
 def tiny_expert(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -35,9 +37,11 @@ def local_ray():
     ray.shutdown()
 
 
-def test_one_run_reports_every_tier_and_ddr_beats_a_cold_store_load(local_ray, tiny_expert, tmp_path):
-    # 3 repetitions: medians, so one stall on a shared machine cannot flip the comparison.
-    report = run_switch_bench([tiny_expert], repetitions=3, command="pytest", memcpy_bytes=16 * 2**20)
+def test_one_run_reports_every_tier_each_from_the_tier_it_names(local_ray, tiny_expert, tmp_path):
+    # One repetition: no timing is compared here (that is the bench's job, in bench/results/).
+    # `_time_tier` refuses a run whose STORE reads do not match its tier, so finishing proves that
+    # store_cold read the STORE and every DDR tier did not.
+    report = run_switch_bench([tiny_expert], repetitions=1, command="pytest", memcpy_bytes=16 * 2**20)
     write_outputs(report, tmp_path)
 
     data = json.loads((tmp_path / "switch.json").read_text())
@@ -50,13 +54,10 @@ def test_one_run_reports_every_tier_and_ddr_beats_a_cold_store_load(local_ray, t
         assert REQUIRED_ROW_FIELDS <= set(row)
         assert row["expert_bytes"] > 0.9 * TINY_BYTES
         assert row["seconds"] > 0 and row["gbps"] > 0 and row["ratio_to_memcpy"] > 0
-
-    # Behaviour inside one run, not a timing threshold: a cold STORE load does everything a DDR
-    # hit does plus a disk read and a copy into the object store, so it must take longer.
-    assert rows["ddr"]["seconds"] < rows["store_cold"]["seconds"]
-    assert rows["ddr"]["parts_s"]["fetch"] < rows["store_cold"]["parts_s"]["fetch"]
-    # An HBM hit is a lookup: cheaper than any page-in.
-    assert rows["hbm"]["seconds"] < rows["ddr"]["seconds"]
+    for tier in ("ddr", "ddr_copy", "ddr_first", "store_cold"):  # each page-in says where its time went
+        assert {"fetch", "map", "materialize"} <= set(rows[tier]["parts_s"]), tier
+    # Two requests for one cold expert at once: the serving path read the STORE once.
+    assert data["parallel"]["same_expert_store_reads"] == 1
     markdown = (tmp_path / "switch.md").read_text()
     assert "pytest" in markdown and "| store_cold |" in markdown
 

@@ -169,6 +169,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.integration  # a private local Ray
 def test_the_client_batches_concurrent_calls_and_keeps_their_answers_apart(local_ray) -> None:
     experts = {"a": 1, "b": 1, "c": 2, "big": 5}
     memtier = MemTier.remote("client-test", experts, 10, saturation=1, place_timeout_s=5.0)
