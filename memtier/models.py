@@ -70,6 +70,35 @@ class ActivationReport(BaseModel):
     )
 
 
+class HeldTensors(BaseModel):
+    """What a socket really holds, counted from its tensors, not from its ledger.
+
+    The ledger (`ByteBudgetLRU`) plans before it changes anything, so it can never show itself over
+    budget; invariant 1 is about memory. Tests compare these bytes with `hbm_per_socket` and these
+    names with the ledger, so a model freed too late (or too early) shows here.
+    """
+
+    weights_tensor_bytes: int = Field(
+        description="Parameters and buffers of every materialised model, each tensor counted once."
+    )
+    kv_tensor_bytes: int = Field(0, description="KV cache tensors the socket's engine holds now.")
+    materialised: list[str] = Field(description="Experts with a built model whose every tensor is real.")
+    ledger: list[str] = Field(description="Experts the socket's byte budget charges, LRU first.")
+    loading: list[str] = Field(default_factory=list, description="Charged, still paging in (no model yet).")
+    running: list[str] = Field(default_factory=list, description="Experts with rows in the engine now.")
+
+
+class HeldObjects(BaseModel):
+    """What a node's DDR store really holds in the object store, as Ray reports each object's size."""
+
+    object_bytes: int = Field(description="Sum of Ray's object_size (data + metadata) over the store's refs.")
+    held: list[str] = Field(description="Experts the store holds a ref for.")
+    ledger: list[str] = Field(description="Experts the store's DDR budget charges, LRU first.")
+    off_node: list[str] = Field(
+        default_factory=list, description="Held experts with no copy of their object on this node."
+    )
+
+
 class TierCounters(BaseModel):
     hits: int = 0
     misses: int = 0

@@ -19,7 +19,7 @@ import torch
 from cluster.config import MemtierConfig
 from memtier.lru import AllPinnedError, ByteBudgetLRU
 from memtier.materialize import Materialized, Materializer
-from memtier.models import ActivationReport, Lease, SocketInfo, Tier
+from memtier.models import ActivationReport, HeldTensors, Lease, SocketInfo, Tier
 from memtier.weights import ExpertWeights
 
 # expert -> {"ref": [ObjectRef], "store_read": bool}, from the node's DDR store
@@ -70,6 +70,34 @@ class SocketResidency:
             kv_cache_bytes=self.kv_cache_bytes,
             residents=[e for e in self.lru.keys_lru_order() if e in self.models],
             in_use=[e for e in self.lru.keys_lru_order() if self.lru.is_pinned(e)],
+        )
+
+    def held_tensor_bytes(self) -> HeldTensors:
+        """The bytes of the models this socket really holds (weights; the engine adds its KV).
+
+        Counted from the tensors, so a check against `hbm_per_socket` can fail where the ledger
+        cannot. A model whose tensors went back to the meta device (freed while still listed) is
+        not counted as materialised. CPU sockets map DDR zero-copy: these bytes live in the node's
+        object store, but they are what this socket holds.
+        """
+        seen: set[tuple[str, int]] = set()
+        weights_bytes = 0
+        materialised: list[str] = []
+        for expert, materialized in self.models.items():
+            tensors = [*materialized.model.parameters(), *materialized.model.buffers()]
+            if any(t.device.type == "meta" for t in tensors):
+                continue
+            materialised.append(expert)
+            for tensor in tensors:
+                key = (str(tensor.device), tensor.data_ptr())
+                if key not in seen:  # tied weights (lm_head = embed_tokens) are one tensor
+                    seen.add(key)
+                    weights_bytes += tensor.nbytes
+        return HeldTensors(
+            weights_tensor_bytes=weights_bytes,
+            materialised=materialised,
+            ledger=self.lru.keys_lru_order(),
+            loading=sorted(self._loading),
         )
 
     def _free(self, expert: str) -> None:
