@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -62,6 +63,9 @@ class Prepared:
     fallback: bool = False
     entropy: float | None = None
     pinned: bool = False  # the session's expert, kept over the router's pick for this turn
+    # The request's RequestTrace (deployments/telemetry.py), set by its bind(); a field so that
+    # dataclasses.replace keeps it: a buffered answer stamps its first token's arrival there.
+    trace: Any = field(default=None, repr=False, compare=False)
     more_input_ids: list[list[int]] = field(default_factory=list)  # further prompts, same expert and call
 
 
@@ -274,6 +278,8 @@ class CoEService:
                         info_out[0].queue_s = event.queue_s
                     if buffered:
                         held.append(event)
+                        if prepared.trace is not None and event.completion_tokens:
+                            prepared.trace.first_token_arrived()  # TTFT, as vLLM times it for any request
                         continue
                     sent_tokens = True
                     yield event

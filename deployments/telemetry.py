@@ -7,10 +7,10 @@ or abandoned) it becomes one `RequestRecord`: one JSON log line and one set of m
 Timing is only as good as where events are seen. A streamed answer's events reach the ingress as
 they are generated, so its TTFT and inter-token gaps are timed here. A non-streamed HTTP answer is
 buffered inside `CoEService.stream` (so a socket crash can be retried at any point): its events
-arrive together at the end, so they are counted but not timed (`saw(..., timed=False)`), and such a
-request adds no TTFT or inter-token observation. When the engine's service calls
-`getattr(prepared, "trace", None).saw(event)` as each event arrives, those become timed as well;
-seeing the same event twice is harmless, since a trace only counts tokens beyond what it has seen.
+reach the handler together at the end, so they are counted but not timed (`saw(..., timed=False)`);
+the service stamps the arrival of the first token it holds back (`first_token_arrived`), so such a
+request still observes TTFT (as vLLM does for every request) but no inter-token gaps. Seeing the
+same event twice is harmless, since a trace only counts tokens beyond what it has seen.
 """
 
 from __future__ import annotations
@@ -79,6 +79,11 @@ class RequestTrace:
         self.prompt_tokens = prompt_tokens
         self.stream = prepared.request.stream or self.stream
         prepared.trace = self  # the service may call trace.saw() as events arrive (module docstring)
+
+    def first_token_arrived(self) -> None:
+        """A token reached the ingress but is held back (a buffered answer): it still times TTFT."""
+        if self.first_token_s is None:
+            self.first_token_s = time.monotonic()
 
     def saw(self, event: SocketEvent, *, timed: bool = True) -> None:
         """An event of the answer; `timed=False` when it was held back and its arrival time means nothing."""

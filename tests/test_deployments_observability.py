@@ -8,6 +8,7 @@ operator would: the text exposition parsed by prometheus_client's own parser, th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 
@@ -144,6 +145,27 @@ def test_buffered_events_are_counted_but_not_timed(telemetry):
     assert value(samples, "coe:time_to_first_token_seconds_count", expert="tiny-01", category="math") == 0
     assert value(samples, "coe:e2e_request_latency_seconds_count", expert="tiny-01", category="math") == 1
     assert _lines(telemetry)[0]["ttft_s"] is None
+
+
+def test_a_buffered_answer_times_its_first_token_when_the_service_stamps_it(telemetry):
+    """A non-streamed answer: the service stamps the first held-back token; TTFT observed, no gaps."""
+    trace = telemetry.trace("http", "chat.completions")
+    prepared = _prepared()
+    trace.bind(prepared)
+    assert prepared.trace is trace and dataclasses.replace(prepared).trace is trace  # survives replace
+    prepared.trace.first_token_arrived()
+    stamped = trace.first_token_s
+    prepared.trace.first_token_arrived()  # a later held token does not move it
+    assert trace.first_token_s == stamped
+    for tokens in (1, 2, 3):
+        trace.saw(SocketEvent(type="token", completion_tokens=tokens), timed=False)
+    trace.finish()
+    samples = scrape(list(telemetry.metrics.registry.collect()))
+    labels = {"expert": "tiny-01", "category": "math"}
+    assert value(samples, "coe:time_to_first_token_seconds_count", **labels) == 1
+    assert value(samples, "coe:inter_token_latency_seconds_count", **labels) == 0
+    (line,) = _lines(telemetry)
+    assert line["completion_tokens"] == 3 and 0 <= line["ttft_s"] <= line["e2e_s"]
 
 
 def test_errors_and_aborts_have_their_own_lines_and_counts(telemetry):
