@@ -58,27 +58,42 @@ class Gate:
         self.limiter.check_request(caller)
         return caller
 
-    def charge(self, caller: str, body_bytes: int, max_tokens: Any, *, generates: bool) -> None:
-        """Step 4: tokens/min, charged from sizes alone (no tokenizer); routing alone costs no output."""
+    def charge(
+        self, caller: str, body_bytes: int, max_tokens: Any, *, generates: bool, rows: int = 1
+    ) -> None:
+        """Step 4: tokens/min, charged from sizes alone (no tokenizer); routing alone costs no output.
+        `rows` is how many answers the body asks for (n or best_of, times its prompts): each may
+        generate max_tokens, so a request for 8 choices pays for 8."""
         limits = self.config.limits
         if not generates:
             max_tokens = 0
         elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             max_tokens = limits.default_max_tokens  # the handler rejects bad values itself
-        self.limiter.check_tokens(caller, estimate_tokens(body_bytes, min(max_tokens, limits.max_tokens)))
+        output = min(max_tokens, limits.max_tokens) * min(max(rows, 1), limits.max_choices)
+        self.limiter.check_tokens(caller, estimate_tokens(body_bytes, output))
 
 
 # --------------------------------------------------------------------------- HTTP (pure ASGI middleware)
 
 
-def _max_tokens(body: bytes) -> Any:
+def _output_request(body: bytes) -> tuple[Any, int]:
+    """(max_tokens, rows) a body asks for, read without validating it (the handler answers 400 for
+    a bad one): rows = max(n, best_of) x the prompts of a completions list."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # the handler answers 400 for it
+        return None, 1
     if not isinstance(data, dict):
-        return None
-    return data.get("max_tokens", data.get("max_completion_tokens"))
+        return None, 1
+
+    def count(field: str) -> int:
+        value = data.get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+    prompt = data.get("prompt")
+    listed = isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt)
+    rows = max(count("n"), count("best_of")) * (len(prompt) if listed else 1)
+    return data.get("max_tokens", data.get("max_completion_tokens")), rows
 
 
 async def _read_body(receive: Receive, limit: int, gate: Gate) -> tuple[bytes, list[Message]]:
@@ -140,7 +155,8 @@ class GateMiddleware:
                 body, messages = await _read_body(receive, gate.max_body_bytes, gate)
                 if gate.limiter.limits_tokens:
                     generates = path.endswith("completions")
-                    gate.charge(caller, len(body), _max_tokens(body), generates=generates)
+                    max_tokens, rows = _output_request(body)
+                    gate.charge(caller, len(body), max_tokens, generates=generates, rows=rows)
                 receive = _replay(messages, receive)
                 await gate.queue.acquire()
         except CoEError as err:

@@ -183,6 +183,11 @@ def _app(*, keys: list[str], **limits) -> tuple[FastAPI, dict]:
         state["calls"] += 1
         return {"echo": len(await request.body())}
 
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> dict:
+        state["calls"] += 1
+        return {"echo": len(await request.body())}
+
     @app.post("/v1/slow")
     async def slow() -> dict:
         state["calls"] += 1
@@ -277,6 +282,30 @@ def test_over_tokens_per_min_is_429_counting_max_tokens_without_a_tokenizer():
             assert (first.status_code, second.status_code) == (200, 429)
             assert second.json()["error"]["type"] == "tokens" and "retry-after" in second.headers
             assert state["calls"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_tokens_per_min_charges_every_choice_and_every_listed_prompt():
+    """n, best_of and a completions list each multiply what one request may generate; a token-id
+    prompt (a list of ints) is one prompt. 4 x 30 tokens nearly empty a 150-token bucket; 30 do not."""
+
+    async def charged_rows(path: str, **fields) -> list[int]:
+        app, _ = _app(keys=[], tokens_per_min=150)
+        async with _client(app) as client:
+            body = _chat(max_tokens=30, **fields) if path.endswith("chat/completions") else {
+                "model": "tiny-00", "max_tokens": 30, **fields
+            }
+            first = await client.post(path, json=body)
+            second = await client.post(path, json={**body, "n": 1, "best_of": None, "prompt": "x"})
+            return [first.status_code, second.status_code]
+
+    async def scenario() -> None:
+        assert await charged_rows("/v1/chat/completions") == [200, 200]
+        assert await charged_rows("/v1/chat/completions", n=4) == [200, 429]
+        assert await charged_rows("/v1/completions", prompt="a", best_of=4) == [200, 429]
+        assert await charged_rows("/v1/completions", prompt=["a", "b", "c", "d"]) == [200, 429]
+        assert await charged_rows("/v1/completions", prompt=[1, 2, 3, 4]) == [200, 200]
 
     asyncio.run(scenario())
 
