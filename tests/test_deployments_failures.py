@@ -272,3 +272,24 @@ def test_a_stream_that_fails_after_its_first_token_ends_with_an_error_event_then
     assert contents == ["", "hi"]  # the role chunk, the token sent before the failure
     assert (log[-1]["status"], log[-1]["error_code"]) == ("error", code)
     assert memtier.released == [memtier.placed[0].lease_id]
+
+
+def test_a_client_leaving_mid_stream_cancels_the_socket_stream_and_releases_the_lease(config, memtier):
+    """What Starlette does when the HTTP client goes away: it closes the response body iterator."""
+    telemetry = Telemetry(config, metrics=ServingMetrics())
+    body = ChatCompletionRequest(model="tiny-03", messages=[{"role": "user", "content": "hi"}], stream=True)
+    sockets = FakeSockets([activation, token("a", 1), token("b", 2), HANG])
+
+    async def run() -> list[str]:
+        trace = telemetry.trace("http", "chat.completions", stream=True)
+        answer = Answer(CoEService(config, sockets), [_prepared()], "chat", body.output(), body.model)
+        chunks = (await stream(answer, trace)).body_iterator
+        got = [await chunks.__anext__() for _ in range(2)]  # the role chunk and one token
+        await chunks.aclose()
+        return got
+
+    assert len(asyncio.run(run())) == 2
+    assert sockets.streams[0].cancelled  # the socket stops the row when its stream is cancelled
+    assert memtier.released == [memtier.placed[0].lease_id]
+    log = [json.loads(line) for line in Path(config.observability.request_log_path).read_text().splitlines()]
+    assert log[-1]["status"] == "abort"
