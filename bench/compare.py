@@ -308,13 +308,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare(args: argparse.Namespace) -> tuple[ClusterConfig, list[RequestSpec]]:
-    """Build (once) the experts, the config and the request list every system gets."""
-    from memtier.store import checkpoint_info
-
-    paths = build_bench_experts(args.experts, args.expert_mb)
-    sizes = [checkpoint_info(p).size_bytes for p in paths]
-    config = bench_config(
+def config_from_args(args: argparse.Namespace, paths: Sequence[Path], sizes: Sequence[int]) -> ClusterConfig:
+    """The systems' cluster config from the topology flags compare and mixed share."""
+    return bench_config(
         paths,
         sizes,
         experts_per_socket=args.experts_per_socket,
@@ -323,6 +319,14 @@ def prepare(args: argparse.Namespace) -> tuple[ClusterConfig, list[RequestSpec]]
         cpus_per_socket=args.cpus_per_socket,
         max_tokens=args.max_tokens,
     )
+
+
+def prepare(args: argparse.Namespace) -> tuple[ClusterConfig, list[RequestSpec]]:
+    """Build (once) the experts, the config and the request list every system gets."""
+    from memtier.store import checkpoint_info
+
+    paths = build_bench_experts(args.experts, args.expert_mb)
+    config = config_from_args(args, paths, [checkpoint_info(p).size_bytes for p in paths])
     specs = build_requests(
         config.expert_ids,
         args.warmup + args.requests,

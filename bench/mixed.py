@@ -28,12 +28,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from bench.baseline import models_per_replica
-from bench.compare import SystemRun, machine_info, measure_system
+from bench.compare import SystemRun, config_from_args, machine_info, measure_system
 from bench.experts import build_bench_experts
 from bench.load import LoadSettings
 from bench.policy import replay
 from bench.requests import build_requests
-from bench.systems import bench_config
 
 __all__ = ["MixedReport", "main"]
 
@@ -130,15 +129,7 @@ def main(argv: Sequence[str] | None = None) -> MixedReport:
     args = _parse_args(argv)
     command = "python -m bench.mixed " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     paths, sizes = _catalog(args)
-    config = bench_config(
-        paths,
-        sizes,
-        experts_per_socket=args.experts_per_socket,
-        nodes=args.nodes,
-        sockets_per_node=args.sockets_per_node,
-        cpus_per_socket=args.cpus_per_socket,
-        max_tokens=args.max_tokens,
-    )
+    config = config_from_args(args, paths, sizes)
     specs = build_requests(
         config.expert_ids, args.warmup + args.requests, workload="zipf", zipf_s=args.zipf, seed=args.seed
     )
