@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.config import MemtierConfig
 from memtier.lru import AllPinnedError, ByteBudgetLRU
+from memtier.models import HeldObjects
 from memtier.policy import make_policy
 from memtier.store import checkpoint_info, model_config_dict, read_weights
 
@@ -175,6 +176,23 @@ class DDRStore:
 
     def residents(self) -> list[str]:
         return self.lru.keys_lru_order()
+
+    async def held_object_bytes(self) -> HeldObjects:
+        """What this node's DDR really holds, as Ray sizes each object (invariant 1's DDR half).
+
+        Counted by the object store, not the ledger, so a check against `ddr_per_node` can fail
+        where the ledger cannot. An evicted expert's object lives on while a socket still maps it
+        (its HBM copy on CPU); it is no longer this store's, and not counted here.
+        """
+        refs = dict(self.refs)
+        locations = ray.experimental.get_object_locations(list(refs.values())) if refs else {}
+        where = {expert: locations.get(ref, {}) for expert, ref in refs.items()}
+        return HeldObjects(
+            object_bytes=sum(int(found.get("object_size") or 0) for found in where.values()),
+            held=sorted(refs),
+            ledger=self.lru.keys_lru_order(),
+            off_node=sorted(e for e, found in where.items() if self.node_id not in found.get("node_ids", [])),
+        )
 
     def stats(self) -> dict:
         return {

@@ -19,7 +19,7 @@ import torch
 from cluster.config import ClusterConfig
 from memtier.client import MemTierClient
 from memtier.materialize import Materialized
-from memtier.models import ActivationReport, Lease
+from memtier.models import ActivationReport, HeldTensors, Lease
 from memtier.pager import NAMESPACE, memtier_actor_name
 from memtier.socket_residency import SocketResidency, current_node_id, ddr_fetcher
 
@@ -190,6 +190,15 @@ class SocketActor:
 
     def __init__(self, config: ClusterConfig, socket_id: str, heartbeat_s: float = 0.5) -> None:
         self.agent = SocketAgent(config, socket_id, heartbeat_s=heartbeat_s)
+        self._gates: dict[str, asyncio.Event] = {}
+
+    def _gate(self, name: str) -> asyncio.Event:
+        return self._gates.setdefault(name, asyncio.Event())
+
+    async def open_gate(self, name: str) -> None:
+        """Let every `run(..., gate=name)` go on: a test keeps a lease in flight for exactly as long
+        as a scenario needs (a MemTier restart, say) without guessing a duration."""
+        self._gate(name).set()
 
     async def start(self, wait_warm: bool = False) -> str:
         await self.agent.start()
@@ -197,27 +206,43 @@ class SocketActor:
             await self.agent.warmed()
         return self.agent.node_id
 
-    async def run(self, lease: Lease, hold_s: float = 0.0, generate_tokens: int = 0) -> dict:
+    async def run(
+        self, lease: Lease, hold_s: float = 0.0, generate_tokens: int = 0, gate: str | None = None
+    ) -> dict:
+        """Hold the lease for `hold_s` and until `gate` is open (other leases page in and evict
+        around it meanwhile), then generate `generate_tokens` with the model it pinned, and say
+        what the socket really holds."""
         residency = self.agent.residency
         async with self.agent.leased(lease) as (materialized, report):
             over_budget = residency.lru.used_bytes > residency.lru.capacity_bytes
+            await asyncio.sleep(hold_s)
+            if gate is not None:
+                await self._gate(gate).wait()
+            generated = 0
             if generate_tokens:
                 ids = torch.tensor([[1, 2, 3]])
                 out = await asyncio.to_thread(
                     materialized.model.generate,
                     input_ids=ids,
                     max_new_tokens=generate_tokens,
+                    min_new_tokens=generate_tokens,
                     do_sample=False,
                     pad_token_id=0,
                 )
-                assert out.shape[1] == 3 + generate_tokens or out.shape[1] > 3
-            await asyncio.sleep(hold_s)
+                generated = out.shape[1] - ids.shape[1]
             return {
                 "report": report,
                 "used_bytes": residency.lru.used_bytes,
                 "over_budget": over_budget,
                 "residents": residency.info().residents,
+                "generated_tokens": generated,
+                "held": residency.held_tensor_bytes(),
             }
+
+    async def held_tensor_bytes(self) -> HeldTensors:
+        """What this socket really holds (no engine here, so no KV): see SocketResidency. Async, so
+        it reads the residency on the event loop that changes it."""
+        return self.agent.residency.held_tensor_bytes()
 
     async def drop(self, expert: str) -> bool:
         return await self.agent.drop(expert)
