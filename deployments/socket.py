@@ -24,7 +24,7 @@ from deployments.sampling import SamplingParams, TokenLogprob
 from deployments.structured import json_constraint
 from deployments.tokenizers import TokenizerCache
 from deployments.wire import LeaseMismatch, SocketEvent, SocketRequest, WireLogprob
-from memtier.models import Lease
+from memtier.models import HeldTensors, Lease
 from memtier.socket_agent import SocketAgent
 
 logger = logging.getLogger("ray.serve")
@@ -129,9 +129,25 @@ class ExpertSocket:
             for row in range(count)
         ]
 
-    async def engine_stats(self) -> dict:
+    def _check_target(self, socket: str | None) -> None:
+        """`socket` (a replica id) makes the LeaseRouter send a call to that replica; one that reached
+        another (the caller's router did not know the target yet) says so rather than answer for it."""
+        if socket is not None and socket != self.socket_id:
+            raise LeaseMismatch(f"call for socket {socket}, this is {self.socket_id}")
+
+    async def engine_stats(self, socket: str | None = None) -> dict:
         """Running and waiting rows, KV bytes reserved and really held (tests, metrics)."""
+        self._check_target(socket)
         return asdict(self.engine.stats())
+
+    async def held_tensor_bytes(self, socket: str | None = None) -> HeldTensors:
+        """The tensors this socket really holds: its models' weights and its engine's KV cache, and
+        which experts have rows running (tests check invariant 1 with it, not with the ledger)."""
+        self._check_target(socket)
+        held = self.agent.residency.held_tensor_bytes()
+        rows = self.engine.rows_by_expert()
+        busy = sorted(expert for expert, (running, waiting) in rows.items() if running or waiting)
+        return held.model_copy(update={"kv_tensor_bytes": self.engine.kv_cache_bytes(), "running": busy})
 
     async def info(self) -> dict:
         return self.agent.residency.info().model_dump()

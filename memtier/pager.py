@@ -281,6 +281,7 @@ class MemTier:
         self._plans_cache: list[PrefetchPlan] = []
         self._plans_at_s = float("-inf")
         self._ddr_synced: set[str] = set()
+        self._waiting: dict[str, int] = {}  # expert -> placements waiting for room now
 
     def _changed(self) -> asyncio.Event:
         if self._capacity_changed is None:
@@ -342,12 +343,19 @@ class MemTier:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PlacementTimeout(str(err)) from None
+                self._waiting[expert] = self._waiting.get(expert, 0) + 1
                 try:
                     await asyncio.wait_for(self._changed().wait(), timeout=remaining)
                 except TimeoutError:
                     pass
+                finally:
+                    self._waiting[expert] -= 1
             except UnknownExpertError:
                 raise
+
+    async def waiting(self) -> dict[str, int]:
+        """Placements waiting for capacity now, per expert (a saturated cluster, seen from inside)."""
+        return {expert: n for expert, n in self._waiting.items() if n}
 
     async def release(
         self, lease_id: str, report: ActivationReport | None = None, socket: SocketInfo | None = None

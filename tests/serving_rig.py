@@ -13,10 +13,15 @@ import httpx
 import ray
 from ray import serve
 from ray.cluster_utils import Cluster
+from ray.exceptions import RayTaskError
 
 from cluster.config import ClusterConfig
 from deployments.app import build_app_from_config
 from deployments.grpc_options import grpc_options
+from deployments.wire import LeaseMismatch
+from memtier.ddr_store import NAMESPACE as DDR_NAMESPACE
+from memtier.ddr_store import ddr_store_name
+from tests.budgets import check_ddr, check_socket
 
 
 def free_port() -> int:
@@ -44,6 +49,7 @@ class ServingRig:
         serve.run(
             build_app_from_config(self.config, heartbeat_s=0.5), name="coe", route_prefix="/", blocking=False
         )
+        self._sockets = None
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.wait_ready()
@@ -62,6 +68,36 @@ class ServingRig:
 
     def memtier(self) -> dict:
         return httpx.get(f"{self.base_url}/v1/memtier", timeout=30).json()
+
+    def socket_ids(self) -> list[str]:
+        return [s["socket_id"] for node in self.memtier()["nodes"] for s in node["sockets"]]
+
+    def on_socket(self, socket_id: str, method: str, timeout_s: float = 60):
+        """Call an `ExpertSocket` method on one replica: `socket=` steers the LeaseRouter (as the
+        ingress's calls are steered); a replica that is not the target refuses, and we ask again."""
+        if self._sockets is None:
+            self._sockets = serve.get_deployment_handle("ExpertSocket", app_name=self.config.serve.app_name)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return getattr(self._sockets, method).remote(socket=socket_id).result(timeout_s=timeout_s)
+            except RayTaskError as err:  # Serve's wrapper around the replica's own exception
+                missed = isinstance(getattr(err, "cause", err), LeaseMismatch)
+                if not missed or time.monotonic() > deadline:
+                    raise
+
+    def assert_budgets(self) -> None:
+        """Invariant 1 on real bytes (tests/budgets.py): each socket's weights and KV tensors, each
+        node's DDR objects; every socket MemTier lists must answer."""
+        topology = self.config.topology
+        sizes = {e.id: e.size_bytes for e in self.config.experts}
+        for node in self.memtier()["nodes"]:
+            for entry in node["sockets"]:
+                held = self.on_socket(entry["socket_id"], "held_tensor_bytes")
+                check_socket(held, topology.hbm_per_socket, sizes, entry["socket_id"])
+            store = ray.get_actor(ddr_store_name(self.config.name, node["node_id"]), namespace=DDR_NAMESPACE)
+            held = ray.get(store.held_object_bytes.remote())
+            check_ddr(held, topology.ddr_per_node, sizes, node["node_id"])
 
     def close(self) -> None:
         serve.shutdown()

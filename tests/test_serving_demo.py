@@ -15,6 +15,7 @@ import yaml
 from cluster.config import config_from_dict
 from tests.conftest import CONFIGS
 from tests.serving_rig import ServingRig
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,13 @@ def test_a_socket_killed_mid_request_is_retried_on_another(rig):
                         victim = socket["socket_id"]
             time.sleep(0.2)
         assert victim is not None, "the request never reached a socket"
-        time.sleep(1.0)  # let generation start
+        start = rig.on_socket(victim, "engine_stats")["decode_steps"]
+
+        def decoding() -> bool:  # kill it mid-generation: once its row decodes, long before 40 tokens
+            stats = rig.on_socket(victim, "engine_stats")
+            return stats["running"] > 0 and stats["decode_steps"] > start
+
+        wait_for(decoding, "the row to start decoding", timeout_s=120)
         replica = ray.get_actor(f"SERVE_REPLICA::coe#ExpertSocket#{victim}", namespace="serve")
         ray.kill(replica, no_restart=True)
         response = pending.result(timeout=600)

@@ -12,9 +12,13 @@ import time
 import httpx
 import openai
 import pytest
+import ray
 
 from bench import prom
+from memtier.models import SocketInfo
+from memtier.pager import get_memtier
 from tests.serving_rig import ServingRig
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,14 +117,24 @@ def test_route_endpoint_returns_the_decision_only(rig):
     assert abs(sum(decision["probabilities"].values()) - 1) < 1e-4
 
 
-def test_memtier_endpoint_shows_residency_and_budgets(rig, tiny_config):
+def test_memtier_endpoint_shows_what_the_sockets_really_hold(rig, client, tiny_config):
+    _ask(client, "tiny-03", "be resident")
     status = rig.memtier()
     assert len(status["nodes"]) == 2
     assert sum(len(n["sockets"]) for n in status["nodes"]) == 4
+    assert "hbm_hit_rate" in status["stats"]
+
+    def directory_matches() -> bool:  # invariant 3, against each socket's own models
+        sockets = [s for node in rig.memtier()["nodes"] for s in node["sockets"]]
+        held = {s["socket_id"]: rig.on_socket(s["socket_id"], "held_tensor_bytes") for s in sockets}
+        assert any("tiny-03" in h.materialised for h in held.values())
+        return all(sorted(s["residents"]) == sorted(held[s["socket_id"]].materialised) for s in sockets)
+
+    wait_for(directory_matches, "MemTier's directory to match the sockets")  # a heartbeat at most
     for node in status["nodes"]:
         for socket in node["sockets"]:
-            assert socket["used_bytes"] <= socket["hbm_bytes"] == tiny_config.topology.weights_per_socket
-    assert "hbm_hit_rate" in status["stats"]
+            assert socket["hbm_bytes"] == tiny_config.topology.weights_per_socket  # what it reports
+    rig.assert_budgets()  # what they really hold
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -207,16 +221,16 @@ def test_bad_requests_leave_the_app_serving(client):
 # ---------------------------------------------------------------------------------------------- load
 def test_32_concurrent_requests_over_6_experts_stay_within_budget(rig, tiny_config):
     experts = [f"tiny-{i:02d}" for i in range(8, 14)]
-    over_budget: list[str] = []
     done = threading.Event()
 
-    def sample_memtier():
+    def sample_real_bytes() -> int:
+        """Invariant 1 on every socket's tensors and every DDR's objects while the load runs; an
+        exception here fails the test (the future re-raises it), a thread would just die."""
+        samples = 0
         while not done.is_set():
-            for node in rig.memtier()["nodes"]:
-                for socket in node["sockets"]:
-                    if socket["used_bytes"] > socket["hbm_bytes"]:
-                        over_budget.append(socket["socket_id"])
-            done.wait(0.2)
+            rig.assert_budgets()
+            samples += 1
+        return samples
 
     def one(i: int) -> str:
         response = httpx.post(
@@ -231,20 +245,45 @@ def test_32_concurrent_requests_over_6_experts_stay_within_budget(rig, tiny_conf
         assert response.status_code == 200, response.text
         return response.json()["coe"]["expert"]
 
-    sampler = threading.Thread(target=sample_memtier)
-    sampler.start()
-    try:
-        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    with concurrent.futures.ThreadPoolExecutor(33) as pool:
+        sampler = pool.submit(sample_real_bytes)
+        try:
             served = list(pool.map(one, range(32)))
-    finally:
-        done.set()
-        sampler.join()
+        finally:
+            done.set()
+        assert sampler.result() >= 1
     assert sorted(served) == sorted(experts[i % 6] for i in range(32))
-    assert not over_budget
+    rig.assert_budgets()
     stats = rig.memtier()["stats"]
     assert (
         stats["hbm_evictions"] > 0
     )  # 6 experts over 4 sockets x 2 slots with others resident: paging happened
+
+
+def test_a_lease_on_a_socket_the_router_cannot_reach_is_placed_again(rig, client, tiny_config):
+    """MemTier leases an expert to a socket no Serve replica answers for (a replica that just
+    died, here a registered "ghost"): Serve falls back to a live replica, which refuses the lease
+    (LeaseMismatch), and the ingress places the request again, on a real socket."""
+    memtier = get_memtier(tiny_config.name)
+    status = rig.memtier()
+    resident = {e for node in status["nodes"] for s in node["sockets"] for e in s["residents"]}
+    expert = next(e for e in tiny_config.expert_ids if e not in resident)  # only the ghost will hold it
+    ghost = SocketInfo(
+        socket_id="ghost",
+        node_id=status["nodes"][0]["node_id"],
+        hbm_bytes=tiny_config.topology.weights_per_socket,
+        residents=[expert],
+    )
+    ray.get(memtier.heartbeat.remote(ghost))
+    granted = ray.get(memtier.stats.remote()).leases
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_ask, client, expert, "hello", max_tokens=3)
+        on_ghost = lambda: any(x.socket_id == "ghost" for x in ray.get(memtier.leases.remote()))  # noqa: E731
+        wait_for(on_ghost, "a lease on the ghost")
+        ray.get(memtier.drop_socket.remote("ghost"))  # gone, as a dead replica would be
+        coe = pending.result(timeout=120).parse().model_extra["coe"]
+    assert coe["expert"] == expert and coe["socket"] in rig.socket_ids()
+    assert ray.get(memtier.stats.remote()).leases - granted == 2  # the ghost's lease, then a real one
 
 
 # ---------------------------------------------------------------------------------------------- observability
