@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ray.exceptions import RayActorError, RayTaskError
 
@@ -45,6 +45,9 @@ from memtier.directory import UnknownExpertError
 from memtier.pager import PlacementTimeout
 from memtier.placement import NeverPlaceable
 
+if TYPE_CHECKING:  # telemetry imports this module
+    from deployments.telemetry import RequestTrace
+
 logger = logging.getLogger("ray.serve")
 COE_MODEL = "coe"
 
@@ -65,7 +68,7 @@ class Prepared:
     pinned: bool = False  # the session's expert, kept over the router's pick for this turn
     # The request's RequestTrace (deployments/telemetry.py), set by its bind(); a field so that
     # dataclasses.replace keeps it: a buffered answer stamps its first token's arrival there.
-    trace: Any = field(default=None, repr=False, compare=False)
+    trace: RequestTrace | None = field(default=None, repr=False, compare=False)
     more_input_ids: list[list[int]] = field(default_factory=list)  # further prompts, same expert and call
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from bench.rig import LocalServe
 from deployments.app import build_app_from_config
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,16 +91,6 @@ def _memtier(url: str) -> dict:
     return httpx.get(f"{url}/v1/memtier", timeout=30).json()
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def rig(tiny_config, router_artifact):
     limits = tiny_config.limits.model_copy(update={"max_tokens": LONG_TOKENS})
@@ -113,7 +104,7 @@ def test_a_node_removed_under_load_loses_no_non_streaming_request(rig):
     socket_nodes = {n["node_id"] for n in _memtier(url)["nodes"] if n["sockets"]}
     assert len(socket_nodes) == 2
     with Load(url) as load:
-        _wait_for(lambda: len(load.answers) >= 2 * len(EXPERTS), 240, "every expert to be served")
+        wait_for(lambda: len(load.answers) >= 2 * len(EXPERTS), "every expert to be served", 240)
 
         def victim_busy() -> tuple[dict, str] | None:
             status = _memtier(url)
@@ -122,7 +113,7 @@ def test_a_node_removed_under_load_loses_no_non_streaming_request(rig):
                     return status, node["node_id"]
             return None
 
-        before, victim = _wait_for(victim_busy, 60, "a request running on a socket node")
+        before, victim = wait_for(victim_busy, "a request running on a socket node", 60)
         (dead,) = [n for n in rig.cluster.worker_nodes if n.node_id == victim]
         rig.cluster.remove_node(dead, allow_graceful=False)  # sockets and DDR store die at once
         removed_s = time.monotonic()
@@ -132,10 +123,10 @@ def test_a_node_removed_under_load_loses_no_non_streaming_request(rig):
             if n["node_id"] == victim
             for e in [*n["residents"], *(r for s in n["sockets"] for r in s["residents"])]
         }
-        _wait_for(
+        wait_for(
             lambda: len([a for a in load.answers if a.start_s > removed_s]) >= 2 * len(EXPERTS),
-            240,
             "requests after the removal",
+            240,
         )
     assert [a for a in load.answers if a.status != 200] == []
     assert any(a.retried for a in load.answers if a.start_s < removed_s < a.end_s), "none was in flight"
@@ -148,14 +139,14 @@ def test_a_node_removed_under_load_loses_no_non_streaming_request(rig):
         status = _memtier(url)
         return status if victim not in {n["node_id"] for n in status["nodes"]} else None
 
-    status = _wait_for(forgotten, 30, "MemTier to drop the dead node's sockets and DDR residency")
+    status = wait_for(forgotten, "MemTier to drop the dead node's sockets and DDR residency", 30)
     sockets = [s for n in status["nodes"] for s in n["sockets"]]
-    _wait_for(
+    wait_for(
         lambda: all(
             not s["leases"] and not s["pinned_bytes"] for n in _memtier(url)["nodes"] for s in n["sockets"]
         ),
-        30,
         "every lease released",
+        30,
     )
     assert len(sockets) == 2 and {s["node_id"] for s in sockets} == socket_nodes - {victim}
     assert status["stats"]["leases"] >= len(load.answers)
