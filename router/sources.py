@@ -15,6 +15,8 @@ import ast
 import csv
 import importlib.util
 import json
+import random
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -322,6 +324,140 @@ def read_stdlib() -> Iterator[SourcePrompt]:
                     )
 
 
+# ----------------------------------------------------------------------------- OpenAI evals registry
+OPENAI_EVALS = SourceInfo(
+    name="openai_evals",
+    package="evals==3.0.1.post1 (evals/registry/data/<eval>/*.jsonl: community-written eval sets)",
+    licence="openai/evals: MIT (contributed data under the repo's MIT licence; MedMCQA MIT)",
+    description="Task prompts from ~45 English eval sets of the openai/evals registry; eval -> category "
+    "by OPENAI_EVALS_SETS; the last user turn, exam options stripped.",
+)
+
+# The mapping rule, eval by eval: only sets whose USER text alone says what expertise the answer
+# needs (a set whose topic sits only in its system prompt, e.g. bare chord names or SMILES strings,
+# is left out), none derived from BIG-bench or HumanEval, English only. Sets of one template
+# ("solve Ax = b for A = ...") are capped at OPENAI_EVALS_PER_SET so no template outweighs the rest.
+OPENAI_EVALS_SETS: dict[str, str] = {
+    # code: programs, queries, selectors, security
+    "sql": "code", "css-selectors": "code", "csharp-linq": "code", "python_list_comprehension": "code",
+    "regex-match": "code", "test_comp_sci": "code", "cybersecurity": "code", "cissp-study-questions": "code",
+    "security_guide": "code", "code_combination": "code", "syntax-check": "code", "unified_patch": "code",
+    "reverse-shell": "code",
+    # math: equations, derivatives, probability, competition and word problems without physics
+    "math-derivatives": "math", "linear_equations": "math", "solve-for-variable": "math",
+    "probability_questions": "math", "algebra_word_problems": "math", "multistep-word-problems": "math",
+    "probabilities-word-problems": "math", "euler_problems": "math", "determinant": "math",
+    "aime_evaluation": "math", "math_for_5th-grader": "math", "simple_math": "math", "jee-math": "math",
+    "stats-tests": "math",
+    # medicine: medical exam questions, nutrients of foods
+    "medmcqa": "medicine", "nutrition": "medicine",
+    # law: tort cases, statutes, data-protection decisions
+    "us_tort_law": "law", "adultery-state-laws": "law", "singapore_data_protection_decisions": "law",
+    # finance: taxes, interest, options, derivatives, audit
+    "taxes": "finance", "finance_calc": "finance", "finance": "finance", "stock_options": "finance",
+    "financial-derivatives": "finance", "accounting_audit": "finance", "logical-black-scholes": "finance",
+    # science: chemistry, physics, genetics, qualitative science relations
+    "balance_chemical_equation": "science", "ph_calculation": "science", "dna_melting_calculation": "science",
+    "quartz": "science", "which_is_heavier": "science", "mendelian_inheritance": "science",
+    # writing: proofreading, rhetoric, verse, marketing copy
+    "proofreader": "writing", "rhetorical_devices": "writing", "iambic-pentameter": "writing",
+    "seo_keywords": "writing",
+    # general: trivia, everyday feelings, history, food
+    "born_first": "general", "emotional-intelligence": "general", "ordered-history-events": "general",
+    "food": "general", "countries": "general",
+}
+# Why 60: enough to carry a set's vocabulary; templated sets (400 determinants) would otherwise fill
+# their category's cell and teach the template, not the topic.
+OPENAI_EVALS_PER_SET = 60
+
+# Exam scaffolding a user does not type: answer options ("a) ...", "B. ...", "(C) ..."), "Answer:"
+# cues and "Subject: X" headers. Stripped so that exam layout, not topic, cannot identify a source.
+_OPTION_LINE = re.compile(r"^\s*\(?[A-Ea-e1-5]\s*[\).:]\s+.*$", re.M)
+_INLINE_OPTIONS = re.compile(r"\s+\(?[A-Ea-e]\)\s.*$", re.S)
+_FRAMING = re.compile(r"^\s*(Subject:[^\n]*|Answer:\s*|Q:\s*)", re.M)
+
+
+def strip_exam_framing(text: str) -> str:
+    """The question without its multiple-choice options and answer cues (see above)."""
+    text = _OPTION_LINE.sub("", text)
+    text = _FRAMING.sub("", text)
+    stripped = _INLINE_OPTIONS.sub("", text)
+    return (stripped if len(stripped.strip()) >= 20 else text).strip()
+
+
+def _last_user_turn(sample: dict) -> str | None:
+    turns = sample.get("input")
+    if isinstance(turns, str):
+        return turns
+    if not isinstance(turns, list):
+        return None
+    users = [t.get("content") for t in turns if isinstance(t, dict) and t.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) else None
+
+
+def read_openai_evals() -> Iterator[SourcePrompt]:
+    folder = package_dir("evals") / "registry" / "data"
+    for name, category in sorted(OPENAI_EVALS_SETS.items()):
+        texts: list[str] = []
+        for path in sorted((folder / name).rglob("*.jsonl")):
+            if "few_shot" in path.name:
+                continue  # demonstrations for the model, not tasks
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    text = _last_user_turn(json.loads(line)) if line.strip() else None
+                    if text and _mostly_ascii(text):
+                        text = strip_exam_framing(text)
+                        if len(text) >= 8 and text not in texts:
+                            texts.append(text)
+        rng = random.Random(f"openai_evals/{name}")
+        for text in texts if len(texts) <= OPENAI_EVALS_PER_SET else rng.sample(texts, OPENAI_EVALS_PER_SET):
+            yield SourcePrompt(prompt=_clip(text), category=category, source="openai_evals", origin=name)
+
+
+# ----------------------------------------------------------------------------- PersistBench
+PERSISTBENCH = SourceInfo(
+    name="persistbench",
+    package="inspect-evals==0.28.0 (inspect_evals/persistbench/benchmark_samples/*.jsonl)",
+    licence="PersistBench: see inspect_evals/persistbench/README.md; package: MIT",
+    description="First-person user requests to a chat assistant (queries only, memories ignored); "
+    "drafting requests -> writing, health -> medicine, everyday life -> general.",
+)
+
+# A request to produce a text ("Draft ...", "Write ...") is `writing`, unless it asks for a
+# technical design (code) or a legal/financial document (left out: the guide gives those to the
+# specialist but these ask for business prose around them). The other queries follow their labelled
+# domain: health -> medicine; financial-and-legal (mixes both) is left out; the rest (relationships,
+# work life, beliefs, self-image) are everyday advice, `general`. The sycophancy file's non-drafting
+# questions span every field with no label and are left out.
+_DRAFTING = ("Draft", "Write", "Rewrite", "Compose", "Outline", "Create a paragraph")
+_NOT_PROSE = ("technical design", "architecture", "contract", "business plan", "meal plan")
+_FICTION = ("novel", "screenplay", "scene")
+
+
+def _persistbench_category(query: str, domain: str, file: str) -> str | None:
+    low = query.lower()
+    if query.startswith(_DRAFTING):
+        return None if any(w in low for w in _NOT_PROSE) else "writing"
+    if file == "sycophancy" or domain == "Financial and Legal Matters":
+        return None
+    if domain == "Health and Medical Information":
+        return None if any(w in low for w in _FICTION) else "medicine"
+    return "general"
+
+
+def read_persistbench() -> Iterator[SourcePrompt]:
+    folder = package_dir("inspect_evals") / "persistbench" / "benchmark_samples"
+    for file in ("beneficial_samples", "cross_domain", "sycophancy"):
+        with open(folder / f"{file}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                category = _persistbench_category(row["query"], row["query_domain"], file)
+                if category is not None:
+                    yield SourcePrompt(
+                        prompt=_clip(row["query"]), category=category, source="persistbench", origin=file
+                    )
+
+
 # ----------------------------------------------------------------------------- registry
 SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
     s.name: (s, reader)
@@ -332,8 +468,10 @@ SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
         (FRESHQA, read_freshqa),
         (CHATTERBOT, read_chatterbot),
         (STDLIB, read_stdlib),
+        (OPENAI_EVALS, read_openai_evals),
+        (PERSISTBENCH, read_persistbench),
     )
 }
 
 assert all(c in CATEGORIES for c in (*MMLU_SUBJECTS.values(), *WRITINGBENCH_SUBDOMAINS.values()))
-assert all(c in CATEGORIES for c in CHATTERBOT_FILES.values())
+assert all(c in CATEGORIES for c in (*CHATTERBOT_FILES.values(), *OPENAI_EVALS_SETS.values()))
