@@ -25,6 +25,8 @@ import numpy as np
 from memtier.directory import ResidencyDirectory, SocketEntry
 from memtier.models import Tier
 
+VICTIM_SAMPLE = 16  # tied sockets whose victims a miss compares (least recently used first)
+
 
 class NoCapacityNow(Exception):
     """Every socket that could hold the expert has too much pinned right now: wait and retry."""
@@ -59,11 +61,16 @@ def _fits_on_nodes(
 def _best_new_home(
     directory: ResidencyDirectory, mask: np.ndarray, expert: str, size_bytes: int
 ) -> SocketEntry:
-    """Least loaded, then no eviction, then fewest victims, then least recently used, then socket id.
+    """Least loaded, then no eviction, then fewest victims, then the least valuable victims, then
+    least recently used, then socket id.
 
-    The table ranks the first, second and last two keys at once; only sockets tied with the winner
-    on load that must evict are asked for their victims, in rank order, stopping at one victim (the
-    fewest possible)."""
+    The table ranks the first, second and last two keys at once. Among the sockets tied with the
+    winner on load that must evict, the `VICTIM_SAMPLE` least recently used are asked for their
+    victims, and the one whose victims the eviction policy values least wins: choosing the socket
+    chooses the victim (with one expert per socket, entirely), so this makes the sockets' HBM act
+    as one cache under the policy rather than evicting whatever the least recently used socket
+    holds. Under LRU every value is 0 and the least recently used socket wins, as before. The
+    sample bounds the cost of a miss at 512 sockets (bench.memtier_scale)."""
     table = directory.table
     slot = table.best(mask, size_bytes)
     assert slot is not None
@@ -71,14 +78,15 @@ def _best_new_home(
     if table.free_bytes[slot] >= size_bytes:
         return winner
     tied = np.flatnonzero(mask & (table.load == table.load[slot]) & (table.free_bytes < size_bytes))
-    best, best_victims = winner, None
-    for tied_slot in tied[np.argsort(table.rank(tied, size_bytes), kind="stable")]:
+    ordered = tied[np.argsort(table.rank(tied, size_bytes), kind="stable")][:VICTIM_SAMPLE]
+    policy, sizes = directory.hbm_policy, directory.expert_bytes
+    best, best_key = winner, None
+    for tied_slot in ordered:
         entry = table.entries[tied_slot]
-        victims = len(entry.hbm.plan_insert(expert, size_bytes))
-        if best_victims is None or victims < best_victims:
-            best, best_victims = entry, victims
-        if victims <= 1:
-            break
+        victims = entry.hbm.plan_insert(expert, size_bytes)
+        key = (len(victims), sum(policy.value(v, sizes.get(v, 0)) for v in victims))
+        if best_key is None or key < best_key:
+            best, best_key = entry, key
     return best
 
 

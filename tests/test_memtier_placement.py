@@ -173,6 +173,23 @@ def test_never_used_sockets_tie_break_by_socket_id() -> None:
     assert chosen(d, "a") == ("s0", "store")
 
 
+def test_a_miss_evicts_the_expert_the_policy_values_least_not_the_least_recent_sockets() -> None:
+    """Choosing the socket chooses the victim: among equally loaded full sockets, the one whose
+    victim the policy values least (a one-off) loses it, though another socket was used longer
+    ago; under LRU (every value 0) the least recently used socket still loses its expert."""
+    one_slot = {"s0": ("n0", MB), "s1": ("n0", MB), "s2": ("n1", MB)}
+    for policy, loser in ((MemtierConfig(policy="adaptive"), "s1"), (MemtierConfig(policy="lru"), "s0")):
+        d = make_directory(EXPERTS, one_slot, policy=policy)
+        for _ in range(5):
+            use(d, "a", "s0")  # a: requested 5 times, then not for a while
+        use(d, "b", "s1")  # b: one request
+        for _ in range(3):
+            use(d, "c", "s2")  # c: the most recent, and asked for 3 times
+        assert [hbm(d, s)[0][0] for s in ("s0", "s1", "s2")] == ["a", "b", "c"]
+        lease = place(d, "d")
+        assert (lease.socket_id, lease.evict) == (loser, [{"s0": "a", "s1": "b"}[loser]])
+
+
 def test_among_equal_loads_a_socket_with_free_room_beats_an_older_one_that_must_evict() -> None:
     d = two_by_two(EXPERTS, hbm_bytes=2 * MB)
     use(d, "b", "s0")
