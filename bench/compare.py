@@ -41,7 +41,7 @@ __all__ = ["CompareReport", "CompareSettings", "main", "measure_system", "opt_hi
 RESULTS = Path("bench/results")
 GOAL_IDEAL_RATIO = 0.95
 GOAL_P99_RATIO = 0.5
-GOAL_OPT_RATIO = 0.95
+GOAL_OPT_RATIO = 0.9  # issue 17 (round 1 asked 0.95; results committed before this print 0.95)
 
 
 class CompareSettings(BaseModel):
