@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, Field, model_validator
 from safetensors.torch import load_file, save_file
 
@@ -19,7 +20,9 @@ from router.metrics import ClassificationReport
 HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "router.json"
 REPORT_FILE = "report.json"
-ARTIFACT_VERSION = 2
+# Word-piece weights of the "static-idf" encoder (idf over the corpus it was trained on).
+TOKEN_WEIGHTS_FILE = "token_weights.safetensors"
+ARTIFACT_VERSION = 3
 
 
 class TrainingReport(BaseModel):
@@ -52,8 +55,9 @@ class RouterArtifact(BaseModel):
     categories: list[str] = Field(description="Head output order.")
     encoder: str = Field(
         default="default",
-        description='"static" = word-piece averages of the bundled all-MiniLM-L6-v2, "default" = that '
-        "transformer itself; otherwise a path to a transformers model dir.",
+        description='"static" = word-piece averages of the bundled all-MiniLM-L6-v2, "static-idf" = the '
+        'same weighted by idf (weights in token_weights.safetensors), "default" = that transformer '
+        "itself; otherwise a path to a transformers model dir.",
     )
     head: HeadConfig
     temperature: float = Field(
@@ -90,10 +94,16 @@ def check_category_map(category_map: dict[str, str], categories: list[str]) -> N
         raise ValueError(f"category map gives no expert name for {empty}")
 
 
-def save_artifact(directory: Path, artifact: RouterArtifact, head: CategoryHead) -> None:
-    """Write head.safetensors, router.json and (if trained here) report.json into `directory`."""
+def save_artifact(
+    directory: Path, artifact: RouterArtifact, head: CategoryHead, token_weights: torch.Tensor | None = None
+) -> None:
+    """Write head.safetensors, router.json, the encoder's token weights (if any) and (if trained
+    here) report.json into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, directory / HEAD_FILE)
+    if token_weights is not None:
+        save_file({"token_weights": token_weights.contiguous()}, directory / TOKEN_WEIGHTS_FILE)
+        (directory / TOKEN_WEIGHTS_FILE).chmod(0o644)
     (directory / CONFIG_FILE).write_text(artifact.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if artifact.report is not None:
         (directory / REPORT_FILE).write_text(
@@ -125,3 +135,14 @@ def load_artifact(directory: Path) -> tuple[RouterArtifact, CategoryHead]:
     head = CategoryHead(artifact.head)
     head.load_state_dict(load_file(directory / HEAD_FILE))
     return artifact, head.eval()
+
+
+def load_token_weights(directory: Path) -> torch.Tensor:
+    """The "static-idf" encoder's word-piece weights saved beside the head."""
+    path = directory / TOKEN_WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the artifact's encoder weighs word pieces by them; retrain with "
+            f"`python -m router.train --out {directory}`"
+        )
+    return load_file(path)["token_weights"]

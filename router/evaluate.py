@@ -57,7 +57,7 @@ def random_split_accuracy(data, config) -> dict:
     order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(config.seed))
     test = torch.zeros(len(data.y), dtype=torch.bool)
     test[order[: int(len(order) * RANDOM_TEST_SHARE)]] = True
-    head = fit_head(data.x[~test], data.y[~test], config)
+    head = fit_head(data.x[~test], data.y[~test], config, groups=data.groups[~test])
     with torch.inference_mode():
         predicted = head(data.x[test]).argmax(-1)
     return classification_report(data.y[test], predicted, CATEGORIES).model_dump()

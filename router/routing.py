@@ -25,7 +25,7 @@ from router.artifact import (
     artifact_exists,
     check_category_map,
     load_artifact,
-    save_artifact,
+    load_token_weights,
 )
 from router.classifier import CategoryHead, entropy_nats
 from router.conversation import SessionPins, SessionPolicy, routing_text
@@ -164,6 +164,16 @@ class Router:
         return decisions
 
 
+def encoder_for(artifact: RouterArtifact, directory: Path):
+    """The encoder an artifact was trained with: shared per process by name, or, for "static-idf",
+    built around the token weights saved in the artifact (the table and tokenizer are still shared)."""
+    from router.static_encoder import STATIC_IDF_ENCODER, StaticEncoder
+
+    if artifact.encoder == STATIC_IDF_ENCODER:
+        return StaticEncoder(STATIC_IDF_ENCODER, load_token_weights(directory))
+    return get_encoder(artifact.encoder)
+
+
 _DEFAULT_LOCK = threading.Lock()
 
 
@@ -207,8 +217,7 @@ def _ensure_default_artifact(directory: Path) -> None:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
         try:
-            artifact, head = train_router(None)
-            save_artifact(tmp, artifact, head)
+            artifact, _ = train_router(tmp)
             tmp.chmod(0o755)  # mkdtemp makes it 0700; the zoo is read by other users' workers
             old = directory.with_name(f".{directory.name}-stale-{os.getpid()}")
             if artifact_exists(directory):
@@ -248,7 +257,7 @@ def load_router(
     return Router(
         artifact,
         head,
-        get_encoder(artifact.encoder),
+        encoder_for(artifact, directory),
         category_map=category_map,
         fallback_expert=fallback_expert,
         entropy_threshold=entropy_threshold,

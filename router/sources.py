@@ -458,6 +458,24 @@ def read_persistbench() -> Iterator[SourcePrompt]:
                     )
 
 
+# ----------------------------------------------------------------------------- Mind2Web (SC subset)
+MIND2WEB = SourceInfo(
+    name="mind2web",
+    package="inspect-evals==0.28.0 (inspect_evals/mind2web_sc/data/seeact/sample_labeled_all.json)",
+    licence="Mind2Web (OSU NLP): CC-BY-4.0; package: MIT",
+    description="Everyday web errands (travel, shopping, entertainment: 'find hotels in Las Vegas for "
+    "3 adults'), the task sentence only: all `general`.",
+)
+
+
+def read_mind2web() -> Iterator[SourcePrompt]:
+    path = package_dir("inspect_evals") / "mind2web_sc" / "data" / "seeact" / "sample_labeled_all.json"
+    for row in json.loads(path.read_text(encoding="utf-8")):
+        yield SourcePrompt(
+            prompt=_clip(row["confirmed_task"]), category="general", source="mind2web", origin=row["domain"]
+        )
+
+
 # ----------------------------------------------------------------------------- registry
 SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
     s.name: (s, reader)
@@ -470,6 +488,7 @@ SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
         (STDLIB, read_stdlib),
         (OPENAI_EVALS, read_openai_evals),
         (PERSISTBENCH, read_persistbench),
+        (MIND2WEB, read_mind2web),
     )
 }
 

@@ -38,13 +38,15 @@ from router.corpus import build_corpus
 from router.data import DEMO_SCORES_PATH, OOD_PATH, load_jsonl
 from router.embedding import get_encoder
 from router.metrics import classification_report, format_classification
+from router.static_encoder import STATIC_IDF_ENCODER, StaticEncoder, token_idf
 
 logger = logging.getLogger(__name__)
 
-# Why "static": on the leave-one-source-out split it is within a few points of the transformer
-# encoder while costing ~0.1 ms instead of ~15 ms a prompt, which is what meets the routing
-# latency target at 32 concurrent requests (bench/results/router_encoders.md has the table).
-DEFAULT_ROUTER_ENCODER = "static"
+# Why "static-idf": word-piece embeddings averaged with idf weights cost ~0.1 ms a prompt instead
+# of the transformer's ~15 ms, which is what meets the routing latency target at 32 concurrent
+# requests; leave-one-source-out it is ~4.5 points under the transformer and ~3 over the unweighted
+# average (bench/results/router_encoders.md has the table).
+DEFAULT_ROUTER_ENCODER = "static-idf"
 # Why "generalist": the demo zoo's broad model; uncertain prompts are safest with it.
 DEFAULT_FALLBACK_EXPERT = "generalist"
 
@@ -59,30 +61,49 @@ class EmbeddedCorpus:
     x: torch.Tensor  # [N, D]
     y: torch.Tensor  # [N] category index
     sources: tuple[str, ...]
+    groups: torch.Tensor  # [N] index of row i's source in sorted(set(sources)): the head balances them
     prompts: tuple[str, ...]
     ood_x: torch.Tensor  # [M, D] ood.jsonl: prompts with no right category
     ood_labels: tuple[str, ...]
     corpus_sha256: str
     counts: dict[str, dict[str, int]]
+    token_weights: torch.Tensor | None = None  # [V] the "static-idf" encoder's, saved with the artifact
 
 
-def embed(encoder_name: str, texts: list[str]) -> torch.Tensor:
-    key = (encoder_name, tuple(texts))
+def training_encoder(encoder_name: str, corpus_texts: list[str]):
+    """The encoder to embed the corpus with; "static-idf" takes its weights from these texts."""
+    if encoder_name == STATIC_IDF_ENCODER:
+        return StaticEncoder(STATIC_IDF_ENCODER, token_idf(corpus_texts))
+    return get_encoder(encoder_name)
+
+
+def embed(encoder_name: str, texts: list[str], corpus_texts: list[str] | None = None) -> torch.Tensor:
+    """Embeddings [N, D] of `texts`, cached per process; `corpus_texts` (default `texts`) set the
+    "static-idf" weights."""
+    corpus_texts = list(texts) if corpus_texts is None else corpus_texts
+    key = (encoder_name, tuple(texts), tuple(corpus_texts) if encoder_name == STATIC_IDF_ENCODER else ())
     x = _EMBEDDINGS.get(key)
     if x is None:
-        x = _EMBEDDINGS[key] = get_encoder(encoder_name).encode(list(texts)).clone()
+        x = _EMBEDDINGS[key] = training_encoder(encoder_name, corpus_texts).encode(list(texts)).clone()
     return x
 
 
 def embed_corpus(encoder_name: str = DEFAULT_ROUTER_ENCODER) -> EmbeddedCorpus:
+    """The corpus and ood.jsonl embedded. The idf weights come from the corpus texts alone (no
+    labels; held-out sources included, which measured no better than idf without them: 0.671 vs
+    0.677 leave-one-source-out)."""
     corpus, manifest = build_corpus()
     ood = load_jsonl(OOD_PATH)
     texts = [r.prompt for r in corpus]
-    x = embed(encoder_name, texts + [r.prompt for r in ood])
+    x = embed(encoder_name, texts + [r.prompt for r in ood], corpus_texts=texts)
+    sources = tuple(r.source for r in corpus)
+    names = sorted(set(sources))
     return EmbeddedCorpus(
         x=x[: len(corpus)],
         y=torch.tensor([CATEGORIES.index(r.category) for r in corpus]),
-        sources=tuple(r.source for r in corpus),
+        sources=sources,
+        groups=torch.tensor([names.index(s) for s in sources]),
+        token_weights=token_idf(texts) if encoder_name == STATIC_IDF_ENCODER else None,
         prompts=tuple(texts),
         ood_x=x[len(corpus) :],
         ood_labels=tuple(r.category for r in ood),
@@ -108,7 +129,8 @@ def out_of_source_logits(
     source_of = torch.tensor([names.index(s) if s in names else -1 for s in sources])
     for k, _ in enumerate(names):
         held = rows & (source_of == k)
-        head = fit_head(x[rows & ~held], y[rows & ~held], config)
+        train = rows & ~held
+        head = fit_head(x[train], y[train], config, groups=source_of[train])
         with torch.inference_mode():
             logits[held] = head(x[held])
     return logits
@@ -165,7 +187,7 @@ def fit_router(
     curve = risk_coverage_curve(cal_p, data.y, *quality_tables(category_map, fallback_expert))
     chosen = choose_tau(curve)
 
-    head = fit_head(data.x, data.y, config)
+    head = fit_head(data.x, data.y, config, groups=data.groups)
     with torch.inference_mode():
         ood_h = entropy_nats(torch.softmax(head(data.ood_x) / temperature, -1))
     report = TrainingReport(
@@ -198,9 +220,10 @@ def train_router(
     out_dir: Path | None, *, encoder: str = DEFAULT_ROUTER_ENCODER, **fit_kwargs
 ) -> tuple[RouterArtifact, CategoryHead]:
     """Build and embed the corpus, fit, and (if `out_dir`) write the artifact there."""
-    artifact, head = fit_router(embed_corpus(encoder), encoder=encoder, **fit_kwargs)
+    data = embed_corpus(encoder)
+    artifact, head = fit_router(data, encoder=encoder, **fit_kwargs)
     if out_dir is not None:
-        save_artifact(out_dir, artifact, head)
+        save_artifact(out_dir, artifact, head, data.token_weights)
     return artifact, head
 
 
@@ -238,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encoder",
         default=DEFAULT_ROUTER_ENCODER,
-        help='"static" (default), "default" (the all-MiniLM-L6-v2 transformer) or a transformers folder',
+        help='"static-idf" (default), "static", "default" (the all-MiniLM-L6-v2 transformer) or a '
+        "transformers folder",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -249,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     out_dir = (args.out or router_dir()).resolve()
-    encoder = get_encoder(args.encoder)
-    config = HeadConfig(embedding_dim=encoder.dim, num_categories=len(CATEGORIES), seed=args.seed)
+    dim = training_encoder(args.encoder, ["dim"]).dim
+    config = HeadConfig(embedding_dim=dim, num_categories=len(CATEGORIES), seed=args.seed)
     category_map = json.loads(args.category_map.read_text(encoding="utf-8")) if args.category_map else None
     artifact, _ = train_router(
         out_dir,

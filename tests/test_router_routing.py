@@ -56,13 +56,7 @@ def test_the_loaded_router_reproduces_its_reported_fallback_rate_and_accuracy_de
 
 # The hard cases router/README.md decides; each must route as the guide says.
 GUIDE_CASES = [
-    pytest.param(
-        "A 2 kg block slides down a frictionless 30 degree incline. What is its acceleration?",
-        "science",
-        # Known gap (issue 14): the static encoder still sends this physics problem to math.
-        # strict: the suite flags it the day the router gets it right.
-        marks=pytest.mark.xfail(strict=True, reason="physics word problem with numbers still routes to math"),
-    ),
+    ("A 2 kg block slides down a frictionless 30 degree incline. What is its acceleration?", "science"),
     ("Balance the chemical equation for the combustion of propane.", "science"),
     ("Prove that the square root of 2 is irrational.", "math"),
     ("How many ways can 5 people sit around a round table?", "math"),
