@@ -37,11 +37,19 @@ def cache_width(cache: DynamicCache) -> int:
 
 
 def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes the cache's tensors really hold (what invariant 1 measures)."""
-    return sum(
-        layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-        for layer in _layers(cache)
-    )
+    """Bytes the cache's tensors really hold (what invariant 1 measures).
+
+    Called from the replica's event loop (heartbeats, `stats()`) while the engine thread may be
+    filling this very cache mid forward pass, so each layer's tensors are read once and a layer
+    whose keys or values are not set yet counts as empty: a fresh-clone run caught a layer with
+    keys but no values between a filter and the read."""
+    total = 0
+    for layer in list(cache.layers):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            continue
+        total += keys.numel() * keys.element_size() + values.numel() * values.element_size()
+    return total
 
 
 def _pad_left(tensor: torch.Tensor, columns: int, dim: int) -> torch.Tensor:

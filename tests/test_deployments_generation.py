@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deployments.engine import SocketEngine, generate_batch
 from deployments.generation import GenRequest, TokenEvent, eos_token_ids
-from deployments.kv_cache import kv_bytes_per_token
+from deployments.kv_cache import cache_bytes, kv_bytes_per_token
 from deployments.sampling import SamplingParams, sample_next
 from deployments.wire import KV_TOO_LARGE
 
@@ -205,6 +205,19 @@ def _engine(**kwargs) -> SocketEngine:
         prefill_chunk_tokens=kwargs.pop("prefill_chunk_tokens", 256),
         kv_capacity_bytes=kwargs.pop("kv_capacity_bytes", 1 << 30),
     )
+
+
+def test_cache_bytes_counts_a_layer_the_engine_is_still_filling_as_empty() -> None:
+    """`stats()` reads caches from the event loop while the engine thread fills them: a layer
+    caught with keys but no values yet must count as nothing, not raise (it did, in a heartbeat)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    full = torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16)
+    cache.update(full, full.clone(), 0)
+    cache.update(full, full.clone(), 1)
+    cache.layers[1].values = None  # the state the fresh-clone run caught mid forward pass
+    assert cache_bytes(cache) == 2 * full.numel() * full.element_size()
 
 
 def test_a_request_joins_the_running_batch_instead_of_waiting_for_it(expert):
