@@ -9,7 +9,9 @@ concurrent requests) and for one prompt alone, medians of `--repeats` timings.
 Variants: `static` (word-piece average), `static-idf` (idf-weighted, the default), the same with
 class-only balance (the head without source balance), `default` (the all-MiniLM-L6-v2
 transformer, slow to embed: minutes for the corpus on 2 cores) and `tfidf` (word 1-2-gram
-TF-IDF + the same linear head; no encoder at all). Writes bench/results/router_encoders.{md,json}.
+TF-IDF + the same linear head; no encoder at all). Evaluation only, never used to choose: the share
+of HumanEval's prompts a head fitted on the whole corpus sends to `code`.
+Writes bench/results/router_encoders.{md,json}.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from router.classifier import CATEGORIES, HeadConfig
+from router.classifier import CATEGORIES, HeadConfig, fit_head
 from router.corpus import build_corpus
 from router.data import HELDOUT_PATH, load_jsonl
+from router.evaluate import humaneval_prompts
 from router.metrics import classification_report
 from router.train import embed, out_of_source_logits, training_encoder
 
@@ -80,14 +83,17 @@ def compare(variants: list[str], repeats: int) -> dict:
     y = torch.tensor([CATEGORIES.index(r.category) for r in corpus])
     sources = tuple(r.source for r in corpus)
     heldout = [r.prompt for r in load_jsonl(HELDOUT_PATH)]
+    humaneval = humaneval_prompts()
     rows = []
     for variant in variants:
         started = time.perf_counter()
         name, _, balance = variant.partition("/")
         if name == "tfidf":
-            x, cost = _tfidf(texts), (None, None)
+            both = _tfidf(texts + humaneval)
+            x, x_he, cost = both[: len(texts)], both[len(texts) :], (None, None)
         else:
             x = embed(name, texts, corpus_texts=texts)
+            x_he = embed(name, humaneval, corpus_texts=texts) if humaneval else None
             cost = _cost_ms(training_encoder(name, texts), heldout, repeats)
         config = HeadConfig(
             embedding_dim=x.shape[1],
@@ -98,6 +104,13 @@ def compare(variants: list[str], repeats: int) -> dict:
             **({"weight_decay": 0.01} if name == "tfidf" else {}),
         )
         logits = out_of_source_logits(x, y, sources, config)
+        groups = torch.tensor([sorted(set(sources)).index(s) for s in sources])
+        he_code = None
+        if humaneval:
+            head = fit_head(x, y, config, groups=groups)
+            with torch.inference_mode():
+                he_pred = head(x_he).argmax(-1)
+            he_code = float((he_pred == CATEGORIES.index("code")).double().mean())
         predicted = logits.argmax(-1)
         report = classification_report(y, predicted, CATEGORIES)
         by_source = {
@@ -114,6 +127,7 @@ def compare(variants: list[str], repeats: int) -> dict:
                 "by_source": by_source,
                 "batch32_ms_per_prompt": cost[0],
                 "single_ms": cost[1],
+                "humaneval_to_code": he_code,
                 "elapsed_s": time.perf_counter() - started,
             }
         )
@@ -144,15 +158,15 @@ def render(result: dict) -> str:
         "",
         "| variant | LOSO acc | mean over sources | min category recall | "
         + " | ".join(c[:4] for c in CATEGORIES)
-        + " | ms/prompt (batch 32) | ms (one prompt) |",
-        "|---|---:|---:|---:|" + "---:|" * len(CATEGORIES) + "---:|---:|",
+        + " | ms/prompt (batch 32) | ms (one prompt) | HumanEval -> code (eval only) |",
+        "|---|---:|---:|---:|" + "---:|" * len(CATEGORIES) + "---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['variant']} | {r['loso_accuracy']:.3f} | {r['loso_source_mean']:.3f} | "
             f"{min(r['recall'].values()):.3f} | "
             + " | ".join(f"{r['recall'][c]:.2f}" for c in CATEGORIES)
-            + f" | {ms(r['batch32_ms_per_prompt'])} | {ms(r['single_ms'])} |"
+            + f" | {ms(r['batch32_ms_per_prompt'])} | {ms(r['single_ms'])} | {ms(r['humaneval_to_code'])} |"
         )
     sources = list(result["rows"][0]["by_source"]) if result["rows"] else []
     lines += ["", "Accuracy per held-out source:", "", "| variant | " + " | ".join(sources) + " |"]
