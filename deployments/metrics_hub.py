@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from cluster.config import ClusterConfig
+from memtier.head import on_head_node
 from memtier.pager import NAMESPACE
 
 logger = logging.getLogger("ray.serve")
@@ -64,7 +65,11 @@ class MetricsHub:
 def get_hub(config: ClusterConfig):
     """The cluster's hub, created on first use (named, detached, restartable, like MemTier)."""
     return MetricsHub.options(
-        name=hub_actor_name(config.name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=hub_actor_name(config.name),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **on_head_node(),
     ).remote(stale_after_s(config))
 
 

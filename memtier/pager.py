@@ -19,6 +19,7 @@ import ray
 
 from cluster.config import MemtierConfig
 from memtier.directory import ResidencyDirectory, UnknownExpertError
+from memtier.head import on_head_node
 from memtier.metrics import MemtierMetrics
 from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo
 from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
@@ -443,6 +444,10 @@ class MemTier:
                     prefetcher.ddr_started(plan)
                     asyncio.get_running_loop().create_task(read(plan.node_id, plan.expert))
 
+    async def node_id(self) -> str:
+        """Where the authority runs (memtier/head.py: the head node when it can)."""
+        return ray.get_runtime_context().get_node_id()
+
     async def cpu_s(self) -> float:
         """CPU seconds this actor process has used: how busy the authority is (bench.memtier_scale)."""
         return time.process_time()
@@ -483,7 +488,11 @@ class MemTier:
 def start_memtier(cluster: str, expert_bytes: dict[str, int], ddr_bytes_per_node: int, **options):
     """Get or create the cluster's MemTier actor (named, detached, restartable)."""
     return MemTier.options(
-        name=memtier_actor_name(cluster), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=memtier_actor_name(cluster),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        **on_head_node(),
     ).remote(cluster, expert_bytes, ddr_bytes_per_node, **options)
 
 
