@@ -7,7 +7,7 @@ placement for a restart, although nothing on the head had failed (a fresh-clone 
 tests/test_node_loss.py caught it). The head node already holds the cluster's control state (GCS,
 Serve's controller), so its loss ends the cluster anyway. The affinity is soft: with no head in
 sight (a client-only driver, a head that died) Ray places the actor as before. Ray's docs say a
-soft affinity to a live, feasible node is honoured, yet in 2 of 6 runs of tests/test_node_loss.py
+soft affinity to a live, feasible node is honoured, yet in 1-2 of 6 runs of tests/test_node_loss.py
 MemTier still started on a socket node (cause not found), so nothing may rely on where it runs.
 """
 

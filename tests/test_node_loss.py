@@ -107,7 +107,7 @@ def test_a_node_removed_under_load_loses_no_non_streaming_request(rig):
     assert len(socket_nodes) == 2
     # The victim is a socket node that does not host the authority, so MemTier and its counters
     # live through the removal and the lease count checked at the end spans the whole run.
-    # memtier/head.py asks Ray for the head node (soft affinity), but in 2 of 6 runs here MemTier
+    # memtier/head.py asks Ray for the head node (soft affinity), but in 1-2 of 6 runs here MemTier
     # still started on a socket node (cause not found); losing MemTier itself is
     # test_requests_sent_while_memtier_restarts_... and bench.chaos's business, not this test's.
     authority_node = ray.get(get_memtier(rig.config.name).node_id.remote())
