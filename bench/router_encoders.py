@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bench.result_files import write_result
 from router.classifier import CATEGORIES, HeadConfig, fit_head
 from router.corpus import build_corpus
 from router.data import HELDOUT_PATH, load_jsonl
@@ -190,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     result = compare(args.variants or list(VARIANTS), args.repeats)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "router_encoders.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown = render(result)
-    (args.out_dir / "router_encoders.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_result(args.out_dir, "router_encoders", result, render(result))
     return 0
 
 

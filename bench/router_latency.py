@@ -9,7 +9,6 @@ move with whatever else runs on the box).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from bench.result_files import write_result
 from router import load_router
 from router.data import HELDOUT_PATH, load_jsonl
 from router.embedding import configure_torch_threads
@@ -150,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_batch_throughput(router, prompts, size, args.min_prompts) for size in BATCH_SIZES
         ],
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "router.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown = render_markdown(result)
-    (args.out_dir / "router.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_result(args.out_dir, "router", result, render_markdown(result))
     return 0
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from bench.result_files import write_result
 from bench.router_latency import _cpu_model, _percentile
 from router import load_router
 from router.batching import RouteBatcher
@@ -103,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_1m": os.getloadavg()[0],
         "runs": [measure(args.path, args.concurrency, args.rounds) for _ in range(args.repeats)],
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "router_load.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown = render(result)
-    (args.out_dir / "router_load.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_result(args.out_dir, "router_load", result, render(result))
     return 0
 
 
