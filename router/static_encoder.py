@@ -78,6 +78,7 @@ class StaticEncoder:
         self.name = encoder
         self.path, self._tokenizer, self._table, _ = _parts()
         self.dim: int = int(self._table.shape[1])
+        self.vocab_size: int = int(self._table.shape[0])
         if token_weights is not None and token_weights.shape != (self._table.shape[0],):
             raise ValueError(
                 f"token_weights must have shape [{self._table.shape[0]}]; got {tuple(token_weights.shape)}"
