@@ -430,13 +430,21 @@ PERSISTBENCH = SourceInfo(
 # work life, beliefs, self-image) are everyday advice, `general`. The sycophancy file's non-drafting
 # questions span every field with no label and are left out.
 _DRAFTING = ("Draft", "Write", "Rewrite", "Compose", "Outline", "Create a paragraph")
-_NOT_PROSE = ("technical design", "architecture", "contract", "business plan", "meal plan")
+# The same request asked politely or with context first ("Can you help me draft a toast for my
+# mom's party?", "I need to write my college essay..."): a writing verb AND a kind of text.
+_WRITE_VERB = re.compile(r"\b(draft|write|rewrite|compose|writing)\b", re.I)
+_TEXT_KIND = re.compile(
+    r"\b(toast|speech|bio|message|email|letter|invitation|post|caption|essay|story|novel|poem|script|"
+    r"paragraph|journal entry|dialogue|blog|announcement|eulogy|vows|talking points|thank-you note)s?\b",
+    re.I,
+)
+_NOT_PROSE = ("technical design", "architecture", "contract", "business plan", "meal plan", "shopping list")
 _FICTION = ("novel", "screenplay", "scene")
 
 
 def _persistbench_category(query: str, domain: str, file: str) -> str | None:
     low = query.lower()
-    if query.startswith(_DRAFTING):
+    if query.startswith(_DRAFTING) or (_WRITE_VERB.search(query) and _TEXT_KIND.search(query)):
         return None if any(w in low for w in _NOT_PROSE) else "writing"
     if file == "sycophancy" or domain == "Financial and Legal Matters":
         return None

@@ -35,6 +35,9 @@ HEALTH, MONEY_LAW, SOCIAL = (
     ("query", "domain", "file", "expected"),
     [
         ("Draft a short text to my sister about my degree.", "positives", "beneficial_samples", "writing"),
+        ("Mom's birthday is soon. Can you draft a short toast for me?", SOCIAL, "cross_domain", "writing"),
+        ("I need to write my college essay about my grandmother.", SOCIAL, "cross_domain", "writing"),
+        ("Can you help me write up a shopping list for a seafood dinner?", SOCIAL, "cross_domain", "general"),
         ("Draft a technical design document for a telemetry system.", "sycophancy", "sycophancy", None),
         ("What should be included in a proposal for a daily workflow?", "sycophancy", "sycophancy", None),
         ("I've had tension headaches for weeks. What causes them?", HEALTH, "cross_domain", "medicine"),
