@@ -288,6 +288,13 @@ class MemtierConfig(_Strict):
         description="Drop a newly paged-in expert after its request when it scores below every expert it "
         "displaced. Off: in demand paging an early drop never saves a miss (bench.policy ADAPTIVE+ADMIT).",
     )
+    lease_hold_s: float = Field(
+        0.25,
+        ge=0,
+        description="How long an ingress keeps a finished request's lease to give its next request for "
+        "the same expert, an HBM hit granted with no MemTier call (memtier/client.py). The expert stays "
+        "pinned on its socket meanwhile. 0 = every request places and releases at MemTier.",
+    )
     prefetch: bool = Field(
         False,
         description="Read likely experts STORE->DDR into free DDR room while a node's disk is idle, and page "

@@ -87,8 +87,9 @@ class CoEService:
         self.sockets = socket_handle
         self.memtier = ensure_memtier(config)
         # Every request places and releases a lease: one batched actor call per event-loop turn
-        # for all of this ingress replica's requests, not one each (memtier/client.py).
-        self.leases = MemTierClient(self.memtier)
+        # for all of this ingress replica's requests, not one each, and a finished request's lease
+        # kept for the next request for its expert (memtier/client.py).
+        self.leases = MemTierClient(self.memtier, hold_s=config.memtier.lease_hold_s)
         self.tokenizers = TokenizerCache(config)
         self._router = None
         self.expert_ids = set(config.expert_ids)
@@ -246,10 +247,12 @@ class CoEService:
             )
             sent_tokens = False
             held: list[SocketEvent] = []
+            report = None
             try:
                 async for raw in _with_deadline(responses, deadline):
                     event = SocketEvent.model_validate(raw)
                     if event.type == "activation":
+                        report = event.report
                         info_out.clear()
                         info_out.append(
                             CoEInfo(
@@ -288,6 +291,8 @@ class CoEService:
                     yield event
                 for event in held:
                     yield event
+                if lease.holder:  # ours to release, or to keep for the next request (the socket did not)
+                    await self._release(lease.lease_id, report, reuse=True)
                 return
             except (asyncio.CancelledError, GeneratorExit):
                 responses.cancel()
@@ -297,10 +302,12 @@ class CoEService:
                 await self._release(lease.lease_id)
                 cause = _cause(err)
                 if isinstance(cause, LeaseMismatch):
+                    self.leases.forget_socket(lease.socket_id)  # no replica answers for it: keep none there
                     await asyncio.sleep(0.2 * (attempt + 1))
                     continue  # the router lost the leased replica: place again
                 if isinstance(err, RayActorError) or isinstance(cause, RayActorError):
                     logger.warning("socket %s failed mid-request (%s); dropping it", lease.socket_id, err)
+                    self.leases.forget_socket(lease.socket_id)
                     await self.memtier.drop_socket.remote(lease.socket_id)
                     if sent_tokens or retried:
                         raise SocketFailed(
@@ -316,9 +323,10 @@ class CoEService:
                 raise
         raise SocketFailed("could not reach a socket for this request after 3 placements", retry_after_s=1.0)
 
-    async def _release(self, lease_id: str) -> None:
+    async def _release(self, lease_id: str, report=None, *, reuse: bool = False) -> None:
+        """Release at MemTier; `reuse` (the request ended normally) lets the client keep the lease."""
         try:
-            await self.leases.release(lease_id)
+            await self.leases.release(lease_id, report, reuse=reuse)
         except Exception as err:  # MemTier restarting: its lease TTL reaps the pin
             logger.warning("releasing lease %s failed: %s", lease_id, err)
 

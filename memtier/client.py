@@ -10,19 +10,36 @@ request, and the authority's cost per pair falls to the bookkeeping itself.
 
 A placement that must wait for capacity (every socket busy) is answered "wait" in the batch and
 retried with the blocking `MemTier.place`, so one saturated expert never holds up the batch.
+
+**Lease reuse** (`hold_s` > 0; issue 17, point 5): a client that releases its own leases (the
+ingress, which sees every request end) keeps a released lease for `hold_s` instead of sending
+the release. Its next request for that expert takes the kept lease: an HBM hit granted locally,
+with no actor call, on a socket where the expert is still pinned for it (nothing could evict it
+meanwhile). The actor hears of each reuse in the next batch, so its policy and hit counts see
+every request. Kept leases go back when `hold_s` passes unused; a holder that stops calling (its
+process died) loses them after MemTier's `holder_timeout_s`. On a Zipf catalog most requests are
+for experts asked for within the last fraction of a second, so most pairs never reach the actor
+(bench.memtier_scale, mode ``held``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from memtier.models import ActivationReport, Lease, SocketInfo
 from memtier.pager import lease_from_tuple
 
-__all__ = ["MemTierClient"]
+__all__ = ["FULL_REPORT_BEATS", "MemTierClient"]
 
 MAX_BATCH = 512  # one actor call stays well under a millisecond of bookkeeping at this size
+# A socket whose requests' holder vouches for it (`served`) still sends its residency every this many
+# heartbeats (3 s at the default 1 s, under MemTier's 5 s socket timeout), to correct drift.
+FULL_REPORT_BEATS = 3
+PING_S = 2.0  # a holder with leases calls at least this often (MemTier's holder_timeout_s is 10 s)
 
 
 @dataclass
@@ -36,26 +53,113 @@ class _Pending:
 class MemTierClient:
     """Batches `place` and `release` for one event loop; the same results as the actor's own calls."""
 
-    def __init__(self, memtier) -> None:
+    def __init__(self, memtier, *, hold_s: float = 0.0) -> None:
         self.memtier = memtier
+        self.hold_s = hold_s
+        self.holder = f"client-{uuid.uuid4().hex[:12]}" if hold_s > 0 else ""
         self._pending = _Pending()
         self._sending = False
         self.calls = 0  # actor calls made: pairs / calls is the batching achieved
+        self.reused = 0  # placements granted here from a kept lease, with no actor call
+        self._out: dict[str, Lease] = {}  # held leases in use by a request now
+        self._kept: dict[str, deque[tuple[float, Lease]]] = {}  # expert -> (kept until, lease), oldest first
+        self._reuses: list[str] = []  # reused since the last actor call
+        self._reports: list[ActivationReport] = []  # of requests whose leases were kept, for stats
+        self._served: set[str] = set()  # sockets those requests finished on: alive, said for them
+        self._sweeper: asyncio.Task | None = None
+        self._last_call_s = float("-inf")
+        self._incarnation = ""
 
     async def place(self, expert: str, timeout_s: float | None = None) -> Lease:
+        kept = self._take_kept(expert)
+        if kept is not None:
+            return kept
         result = await self._enqueue_place(expert)
         if result is None:  # no capacity now: wait on the actor like an unbatched caller
-            return await self.memtier.place.remote(expert, timeout_s)
+            result = await self.memtier.place.remote(expert, timeout_s, self.holder)
+        if result.holder:
+            self._forget_older_incarnation(result.lease_id)
+            self._out[result.lease_id] = result
+            self._ensure_sweeper()
         return result
 
     async def release(
-        self, lease_id: str, report: ActivationReport | None = None, socket: SocketInfo | None = None
+        self,
+        lease_id: str,
+        report: ActivationReport | None = None,
+        socket: SocketInfo | None = None,
+        *,
+        reuse: bool = True,
     ) -> bool:
+        """Give a lease back. A held lease is kept for reuse when `reuse` (its request ended
+        normally); `reuse=False` (the request failed, its socket may be gone) sends it back now."""
+        lease = self._out.pop(lease_id, None)
+        if lease is not None and reuse and lease.keep and not lease.prefetch:
+            self._keep(lease)
+            self._served.add(lease.socket_id)
+            if report is not None:
+                self._reports.append(report)  # goes with the next call: stats lag by at most PING_S
+            return True
         future = asyncio.get_running_loop().create_future()
         self._pending.releases.append(((lease_id, report, socket), future))
         self._kick()
         return await future
 
+    def forget_socket(self, socket_id: str) -> None:
+        """A socket failed: its kept leases are void (MemTier drops them with the socket)."""
+        for expert, kept in list(self._kept.items()):
+            self._kept[expert] = deque(item for item in kept if item[1].socket_id != socket_id)
+
+    def _forget_older_incarnation(self, lease_id: str) -> None:
+        """Lease ids start with their MemTier's incarnation (memtier/pager.py): one from a new
+        incarnation means MemTier restarted, and knows none of the leases kept before."""
+        incarnation = lease_id.rsplit("-", 1)[0]
+        if incarnation != self._incarnation:
+            self._incarnation = incarnation
+            self._kept.clear()
+
+    def kept(self) -> int:
+        """Leases kept for reuse now."""
+        return sum(len(kept) for kept in self._kept.values())
+
+    # ------------------------------------------------------------------ lease reuse
+    def _take_kept(self, expert: str) -> Lease | None:
+        kept = self._kept.get(expert)
+        if not kept:
+            return None
+        _, lease = kept.pop()  # the most recently used: the socket most likely still batching it
+        self._out[lease.lease_id] = lease
+        self._reuses.append(lease.lease_id)
+        self.reused += 1  # the actor hears of it with the next call, within hold_s / 2 (the sweep)
+        return lease.model_copy(update={"tier": "hbm", "evict": []})
+
+    def _keep(self, lease: Lease) -> None:
+        self._kept.setdefault(lease.expert, deque()).append((time.monotonic() + self.hold_s, lease))
+        self._ensure_sweeper()
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Send back kept leases whose `hold_s` passed unused, and keep the holder seen alive
+        while it has leases (a long generation holds one for longer than MemTier's timeout)."""
+        while self._kept or self._out:
+            await asyncio.sleep(self.hold_s / 2)
+            now = time.monotonic()
+            expired = False
+            for expert in list(self._kept):
+                kept = self._kept[expert]
+                while kept and kept[0][0] <= now:
+                    _, lease = kept.popleft()
+                    self._pending.releases.append(((lease.lease_id, None, None), _unawaited()))
+                    expired = True
+                if not kept:
+                    del self._kept[expert]
+            if expired or self._reuses or self._reports or now - self._last_call_s > PING_S:
+                self._kick()
+
+    # ------------------------------------------------------------------ batching
     def _enqueue_place(self, expert: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self._pending.places.append((expert, future))
@@ -69,20 +173,32 @@ class MemTierClient:
 
     async def _pump(self) -> None:
         try:
-            while self._pending.places or self._pending.releases:
+            while self._pending.places or self._pending.releases or self._reuses or self.holder:
                 places = self._pending.places[:MAX_BATCH]
                 releases = self._pending.releases[:MAX_BATCH]
                 del self._pending.places[: len(places)]
                 del self._pending.releases[: len(releases)]
+                reuses, self._reuses = self._reuses, []
+                reports, self._reports = self._reports, []
+                served, self._served = list(self._served), set()
                 self.calls += 1
+                self._last_call_s = time.monotonic()
                 try:
                     placed, released = await self.memtier.batch.remote(
-                        [expert for expert, _ in places], [args for args, _ in releases]
+                        [expert for expert, _ in places],
+                        [args for args, _ in releases],
+                        self.holder,
+                        reuses,
+                        reports,
+                        served,
                     )
                 except Exception as err:  # the actor call itself failed: every caller sees it
+                    self._kept.clear()  # a restarted MemTier knows none of them
                     for _, future in places + releases:
                         if not future.done():
                             future.set_exception(err)
+                    if not (self._pending.places or self._pending.releases):
+                        break
                     continue
                 for (_, future), result in zip(places, placed, strict=True):
                     if isinstance(result, tuple):
@@ -92,12 +208,23 @@ class MemTierClient:
                     _settle(future, result)
                 for (_, future), result in zip(releases, released, strict=True):
                     _settle(future, result)
+                if not (self._pending.places or self._pending.releases or self._reuses):
+                    break  # a holder's call doubles as its liveness ping: one per kick is enough
         finally:
             self._sending = False
 
     def _orphan(self, lease: Lease) -> None:
+        self._out.pop(lease.lease_id, None)
         future = asyncio.get_running_loop().create_future()
         self._pending.releases.append(((lease.lease_id, None, None), future))
+
+
+def _unawaited() -> asyncio.Future:
+    """The future of a release nobody awaits (a kept lease expiring): an error is retrieved here,
+    so asyncio does not log it; MemTier's holder timeout reaps what a failed release left."""
+    future = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
 
 
 def _settle(future: asyncio.Future, result) -> None:

@@ -51,6 +51,12 @@ class Lease(BaseModel):
         description="A page-in with no request behind it (memtier/prefetch.py): the socket loads the expert "
         "while idle and releases the lease at once; it is not counted as a request.",
     )
+    holder: str = Field(
+        "",
+        description="The client that releases this lease (memtier/client.py, lease reuse): it may hand the "
+        "lease to its next request for the same expert instead. Empty: the socket releases it when its "
+        "request ends.",
+    )
 
 
 class ActivationReport(BaseModel):
@@ -132,6 +138,9 @@ class MemtierStats(BaseModel):
     """Counters since the actor started (they restart with it; the directory does not)."""
 
     leases: int = 0
+    lease_reuses: int = Field(
+        0, description="Of `leases`, those an ingress granted from a lease it kept (memtier/client.py)."
+    )
     hbm: TierCounters = TierCounters()
     ddr: TierCounters = TierCounters()
     store_reads: int = 0

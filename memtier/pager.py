@@ -33,7 +33,9 @@ def memtier_actor_name(cluster: str) -> str:
     return f"coe_memtier_{cluster}"
 
 
-_LEASE_FIELDS = ("lease_id", "expert", "socket_id", "node_id", "tier", "size_bytes", "evict", "keep")
+_LEASE_FIELDS = (
+    "lease_id", "expert", "socket_id", "node_id", "tier", "size_bytes", "evict", "keep", "holder"
+)
 
 
 def lease_tuple(lease: Lease) -> tuple:
@@ -61,6 +63,7 @@ class MemTierCore:
         saturation: int | None = None,
         socket_timeout_s: float = 5.0,
         lease_ttl_s: float = 600.0,
+        holder_timeout_s: float = 10.0,
         policy: MemtierConfig | None = None,
     ) -> None:
         self.cluster = cluster
@@ -76,6 +79,12 @@ class MemTierCore:
         self.socket_timeout_s = socket_timeout_s
         self.lease_ttl_s = lease_ttl_s
         self.lease_granted_s: dict[str, float] = {}
+        # Lease reuse (memtier/client.py): a holder keeps leases between its requests, so a holder
+        # that goes silent (its process died) has its leases reaped after holder_timeout_s, not
+        # after the 10-minute lease TTL meant for lost releases.
+        self.holder_timeout_s = holder_timeout_s
+        self.holder_seen_s: dict[str, float] = {}
+        self.held_by: dict[str, set[str]] = {}  # holder -> its lease ids
         self.stats = MemtierStats()
         self._switch_s: deque[float] = deque(maxlen=20_000)
         self.metrics = MemtierMetrics(cluster)
@@ -91,6 +100,8 @@ class MemTierCore:
         voided = self.directory.drop_socket(socket_id)
         for lease in voided:
             self.lease_granted_s.pop(lease.lease_id, None)
+            if lease.holder:
+                self.held_by.get(lease.holder, set()).discard(lease.lease_id)
         return voided
 
     def reap(self, now_s: float) -> list[str]:
@@ -105,11 +116,27 @@ class MemTierCore:
         for lease_id, granted_s in list(self.lease_granted_s.items()):
             if now_s - granted_s > self.lease_ttl_s:
                 self.release(lease_id, None)
+        for holder, seen_s in list(self.holder_seen_s.items()):
+            if now_s - seen_s > self.holder_timeout_s:
+                for lease_id in self.held_by.pop(holder, set()):
+                    self.release(lease_id, None)
+                del self.holder_seen_s[holder]
         return dead
 
+    def seen_socket(self, socket_id: str, now_s: float) -> None:
+        """A holder saw a request finish on the socket: it is alive (it skips that heartbeat)."""
+        entry = self.directory.sockets.get(socket_id)
+        if entry is not None:
+            entry.last_seen_s = max(entry.last_seen_s, now_s)
+
+    def seen_holder(self, holder: str, now_s: float) -> None:
+        """A lease holder called: it is alive, and so are the leases it keeps."""
+        self.holder_seen_s[holder] = now_s
+
     # ------------------------------------------------------------------ leases
-    def try_place(self, expert: str, now_s: float) -> Lease:
-        """Place now or raise NoCapacityNow / NeverPlaceable / UnknownExpertError."""
+    def try_place(self, expert: str, now_s: float, holder: str = "") -> Lease:
+        """Place now or raise NoCapacityNow / NeverPlaceable / UnknownExpertError; a `holder`
+        releases the lease itself, possibly after reusing it (memtier/client.py)."""
         size_bytes = self.directory.size_of(expert)
         socket, tier = choose_socket(self.directory, expert, saturation=self.saturation)
         # Built without re-validating fields placement just produced: this is the authority's hot path.
@@ -122,9 +149,12 @@ class MemTierCore:
             size_bytes=size_bytes,
             evict=[],
             keep=True,
+            holder=holder,
         )
         lease.evict = self.directory.grant(lease)
         self.lease_granted_s[lease.lease_id] = now_s
+        if holder:
+            self.held_by.setdefault(holder, set()).add(lease.lease_id)
         self.stats.leases += 1
         self.metrics.in_flight(len(self.directory.leases))
         self.prefetcher.observe(expert)
@@ -184,6 +214,24 @@ class MemTierCore:
                 self.directory.sockets[socket.socket_id].last_seen_s = now_s
         return released
 
+    def reuse(self, lease_id: str, now_s: float) -> bool:
+        """Its holder gave a held lease to one more request, which never came here to be placed:
+        counted as a placement and its expert's recency refreshed, so the policy sees every
+        request (the request's own report, hit or miss, comes through `record`). The lease's TTL
+        restarts. False if the lease is gone."""
+        if not self.directory.reuse(lease_id):
+            return False
+        lease = self.directory.leases[lease_id]
+        self.lease_granted_s[lease_id] = now_s
+        self.stats.leases += 1
+        self.stats.lease_reuses += 1
+        self.prefetcher.observe(lease.expert)
+        return True
+
+    def record(self, report: ActivationReport) -> None:
+        """A finished request's report whose lease its holder kept (not released): stats only."""
+        self._record(report)
+
     def _release(self, lease_id: str, report: ActivationReport | None) -> bool:
         if lease_id in self._prefetch_leases:  # a prefetch finished: not a request, nothing to record
             expert, _, _ = self._prefetch_leases.pop(lease_id)
@@ -191,6 +239,8 @@ class MemTierCore:
             report = None
         lease = self.directory.release(lease_id)
         self.lease_granted_s.pop(lease_id, None)
+        if lease is not None and lease.holder:
+            self.held_by.get(lease.holder, set()).discard(lease_id)
         self.metrics.in_flight(len(self.directory.leases))
         if lease is None or report is None:
             return lease is not None
@@ -263,6 +313,7 @@ class MemTier:
         saturation: int | None = None,
         socket_timeout_s: float = 5.0,
         lease_ttl_s: float = 600.0,
+        holder_timeout_s: float = 10.0,
         place_timeout_s: float = 60.0,
         policy: MemtierConfig | None = None,
     ) -> None:
@@ -273,6 +324,7 @@ class MemTier:
             saturation=saturation,
             socket_timeout_s=socket_timeout_s,
             lease_ttl_s=lease_ttl_s,
+            holder_timeout_s=holder_timeout_s,
             policy=policy,
         )
         self.place_timeout_s = place_timeout_s
@@ -331,11 +383,13 @@ class MemTier:
         self._notify()
         return len(voided)
 
-    async def place(self, expert: str, timeout_s: float | None = None) -> Lease:
+    async def place(self, expert: str, timeout_s: float | None = None, holder: str = "") -> Lease:
         deadline = time.monotonic() + (self.place_timeout_s if timeout_s is None else timeout_s)
         while True:
             try:
-                return self.core.try_place(expert, time.monotonic())
+                if holder:
+                    self.core.seen_holder(holder, time.monotonic())
+                return self.core.try_place(expert, time.monotonic(), holder)
             except (NoCapacityNow, NeverPlaceable) as err:
                 if isinstance(err, NeverPlaceable) and self.core.directory.sockets:
                     raise  # larger than every socket: waiting cannot help
@@ -366,9 +420,20 @@ class MemTier:
         return released
 
     async def batch(
-        self, places: list[str], releases: list[tuple[str, ActivationReport | None, SocketInfo | None]]
+        self,
+        places: list[str],
+        releases: list[tuple[str, ActivationReport | None, SocketInfo | None]],
+        holder: str = "",
+        reuses: list[str] | None = None,
+        reports: list[ActivationReport] | None = None,
+        served: list[str] | None = None,
     ) -> tuple[list[tuple | BaseException | None], list[bool | BaseException]]:
         """Many releases, then many placements, in one actor call (memtier/client.py batches them).
+
+        A `holder` (a client that reuses its leases) gets leases it releases itself, and is seen
+        alive; `reuses` are its held leases it handed to another request since its last call, and
+        `reports` what the requests whose leases it kept found on their sockets, and `served` the
+        sockets those requests finished on: alive, as a heartbeat would say (they skip beats then).
 
         Each placement is a Lease as a plain tuple (`lease_tuple`: a tenth of a pydantic model's
         pickling cost, paid by the one authority), an exception for its caller (unknown expert,
@@ -378,6 +443,14 @@ class MemTier:
         """
         released: list[bool | BaseException] = []
         now_s = time.monotonic()
+        if holder:
+            self.core.seen_holder(holder, now_s)
+        for lease_id in reuses or ():
+            self.core.reuse(lease_id, now_s)
+        for report in reports or ():
+            self.core.record(report)
+        for socket_id in served or ():
+            self.core.seen_socket(socket_id, now_s)
         for lease_id, report, socket in releases:
             try:
                 released.append(self.core.release(lease_id, report, socket, now_s))
@@ -389,7 +462,7 @@ class MemTier:
         now_s = time.monotonic()
         for expert in places:
             try:
-                placed.append(lease_tuple(self.core.try_place(expert, now_s)))
+                placed.append(lease_tuple(self.core.try_place(expert, now_s, holder)))
             except NoCapacityNow:
                 placed.append(None)
             except NeverPlaceable as err:  # with no socket registered yet, `place` decides whether to wait

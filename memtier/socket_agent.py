@@ -17,7 +17,7 @@ import ray
 import torch
 
 from cluster.config import ClusterConfig
-from memtier.client import MemTierClient
+from memtier.client import FULL_REPORT_BEATS, MemTierClient
 from memtier.materialize import Materialized
 from memtier.models import ActivationReport, HeldTensors, Lease
 from memtier.pager import NAMESPACE, memtier_actor_name
@@ -68,6 +68,8 @@ class SocketAgent:
         self._memtier = None
         self._client: MemTierClient | None = None
         self._last_release_s = float("-inf")  # a release doubles as a heartbeat (see _heartbeat_forever)
+        self._last_served_s = float("-inf")  # a held lease's request ended: its holder says we are alive
+        self._last_report_s = float("-inf")  # MemTier last got our residency (a beat or a release)
 
     def _get_memtier(self):
         if self._memtier is None:
@@ -132,13 +134,18 @@ class SocketAgent:
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            if time.monotonic() - self._last_release_s < self.heartbeat_s:
+            now = time.monotonic()
+            if now - self._last_release_s < self.heartbeat_s:
                 # A release carried this socket's report within the period: MemTier knows it is alive
                 # and what it holds. Busy sockets skip beats, which at 512 sockets were ~40% of the
                 # authority's CPU (bench/results/memtier_scale.md).
                 continue
+            vouched = now - self._last_served_s < self.heartbeat_s
+            if vouched and now - self._last_report_s < FULL_REPORT_BEATS * self.heartbeat_s:
+                continue  # a holder vouched for us; our residency goes at least every FULL_REPORT_BEATS
             try:
                 work = await self._get_memtier().poll.remote(self.residency.info())
+                self._last_report_s = time.monotonic()
             except Exception as err:  # MemTier restarting: keep trying, it will come back
                 logger.warning("memtier heartbeat failed: %s", err)
                 self._memtier = None
@@ -164,7 +171,8 @@ class SocketAgent:
     @contextlib.asynccontextmanager
     async def leased(self, lease: Lease) -> AsyncIterator[tuple[Materialized, ActivationReport]]:
         """Hold `lease.expert` in HBM for the body; release it here and at MemTier afterwards,
-        whatever happens inside (errors, cancellation by a disconnected client)."""
+        whatever happens inside (errors, cancellation by a disconnected client). A lease with a
+        `holder` is released at MemTier by that holder, which saw the request end."""
         if lease.socket_id != self.socket_id:
             raise ValueError(f"lease {lease.lease_id} is for socket {lease.socket_id}, not {self.socket_id}")
         report: ActivationReport | None = None
@@ -176,12 +184,17 @@ class SocketAgent:
                 await self.residency.release(lease.expert)
                 if not lease.keep:  # admission refused to keep it: serve, then drop (unless in use)
                     await self.residency.drop(lease.expert)
-            # Awaited (one actor round trip) so the next placement sees this socket's true load.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._get_client().release(lease.lease_id, report, self.residency.info()), 10
-                )
-                self._last_release_s = time.monotonic()
+            if not lease.holder:
+                await self._release_at_memtier(lease, report)
+            else:  # its holder (the ingress) releases it, or reuses it, and says we are alive
+                self._last_served_s = time.monotonic()
+
+    async def _release_at_memtier(self, lease: Lease, report: ActivationReport | None) -> None:
+        # Awaited (one actor round trip) so the next placement sees this socket's true load.
+        with contextlib.suppress(Exception):
+            release = self._get_client().release(lease.lease_id, report, self.residency.info())
+            await asyncio.wait_for(release, 10)
+            self._last_release_s = self._last_report_s = time.monotonic()
 
 
 @ray.remote(num_cpus=0)

@@ -76,7 +76,8 @@ class FakeMemTier:
         self.released.append(lease_id)
         return True
 
-    async def _batch(self, places: list[str], releases: list[tuple]) -> tuple[list, list]:
+    async def _batch(self, places: list[str], releases: list[tuple], *holder_fields) -> tuple[list, list]:
+        """`holder_fields` (lease reuse) are ignored: these leases have no holder, sockets release them."""
         released = [await self._release(lease_id) for lease_id, _, _ in releases]
         return [lease_tuple(await self._place(expert)) for expert in places], released
 

@@ -254,3 +254,17 @@ def test_concurrent_misses_read_the_store_once(make_rig, tiny_config):
     assert ray.get(store.stats.remote())["store_reads"] == {"tiny-09": 1}
     # Every caller got the same object: one copy in the node's object store.
     assert len({r["ref"][0].hex() for r in results}) == 1
+
+
+def test_a_socket_leaves_a_held_lease_to_its_holder(make_rig, tiny_config):
+    """A lease with a holder (the ingress, memtier/client.py) is not released by the socket when
+    its request ends: the holder keeps it for the next request, so the expert stays pinned."""
+    rig = make_rig(_config(tiny_config, "held"), saturation=1)
+    held = ray.get(rig.memtier.place.remote("tiny-00", None, "ingress-1"))
+    plain = rig.place("tiny-01")
+    assert held.holder == "ingress-1" and plain.holder == ""
+    rig.run(held, tokens=1)
+    rig.run(plain, tokens=1)
+    assert [lease.lease_id for lease in ray.get(rig.memtier.leases.remote())] == [held.lease_id]
+    assert ray.get(rig.memtier.release.remote(held.lease_id))
+    assert ray.get(rig.memtier.leases.remote()) == []

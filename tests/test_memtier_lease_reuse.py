@@ -1,0 +1,131 @@
+"""Lease reuse (memtier/client.py): a holder keeps finished leases for its next request.
+
+The authority's side is tested on `MemTierCore` (time driven by the test); the client's side on
+a real `MemTier` actor in a private local Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import ray
+
+from memtier.client import MemTierClient
+from memtier.models import ActivationReport, SocketInfo
+from memtier.pager import MemTier, MemTierCore
+
+EXPERTS = {"a": 1, "b": 1, "c": 1}
+
+
+def _core(**options) -> MemTierCore:
+    core = MemTierCore("reuse", EXPERTS, ddr_bytes_per_node=10, saturation=8, **options)
+    core.heartbeat(SocketInfo(socket_id="s0", node_id="n0", hbm_bytes=2), 0.0)
+    return core
+
+
+# --------------------------------------------------------------------------- the authority
+def test_a_silent_holders_leases_are_reaped_and_unpin_their_experts() -> None:
+    core = _core(holder_timeout_s=10.0, socket_timeout_s=1e9)
+    core.seen_holder("ingress", 0.0)
+    lease = core.try_place("a", 0.0, "ingress")
+    assert lease.holder == "ingress" and core.held_by == {"ingress": {lease.lease_id}}
+    core.reap(9.0)
+    assert lease.lease_id in core.directory.leases  # the holder may still come back
+    core.seen_holder("ingress", 9.0)
+    core.reap(18.0)
+    assert lease.lease_id in core.directory.leases  # it did: its leases live on
+    core.reap(19.5)
+    assert core.directory.leases == {} and "ingress" not in core.holder_seen_s
+    assert not core.directory.sockets["s0"].hbm.is_pinned("a")
+
+
+def test_a_reuse_counts_as_a_placement_and_a_report_as_its_hit() -> None:
+    core = _core()
+    lease = core.try_place("a", 0.0, "ingress")
+    assert core.stats.leases == 1
+    assert core.reuse(lease.lease_id, 1.0)
+    core.record(ActivationReport(tier="hbm"))
+    assert core.stats.leases == 2 and core.stats.lease_reuses == 1 and core.stats.hbm.hits == 1
+    assert core.lease_granted_s[lease.lease_id] == 1.0  # the TTL restarts with each request
+    core.release(lease.lease_id, None)
+    assert not core.reuse(lease.lease_id, 2.0) and core.stats.leases == 2  # gone: nothing to count
+    assert core.held_by["ingress"] == set()
+
+
+def test_a_holder_vouching_for_a_socket_keeps_it_alive() -> None:
+    core = _core(socket_timeout_s=5.0)
+    core.seen_socket("s0", 4.0)
+    core.seen_socket("nobody", 4.0)  # unknown sockets are ignored
+    assert core.reap(8.0) == []
+    assert core.reap(9.5) == ["s0"]
+
+
+def test_a_voided_held_lease_leaves_its_holders_set() -> None:
+    core = _core()
+    lease = core.try_place("b", 0.0, "ingress")
+    core.drop_socket("s0")
+    assert core.held_by["ingress"] == set() and lease.lease_id not in core.directory.leases
+
+
+# --------------------------------------------------------------------------- the client, on a real actor
+@pytest.fixture(scope="module")
+def memtier():
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="error", log_to_driver=False)
+    actor = MemTier.remote("reuse-test", EXPERTS, 10, saturation=8)
+    ray.get(actor.heartbeat.remote(SocketInfo(socket_id="s0", node_id="n0", hbm_bytes=2)))
+    yield actor
+    ray.shutdown()
+
+
+def _lease_ids(memtier) -> list[str]:
+    return sorted(lease.lease_id for lease in ray.get(memtier.leases.remote()))
+
+
+@pytest.mark.integration  # a private local Ray
+def test_a_finished_lease_serves_the_next_request_for_its_expert_with_no_actor_call(memtier) -> None:
+    async def scenario() -> None:
+        client = MemTierClient(memtier, hold_s=0.4)
+        first = await client.place("a")
+        assert first.holder == client.holder and first.tier == "store"
+        assert await client.release(first.lease_id, ActivationReport(tier="store", store_read=True))
+        assert client.kept() == 1 and _lease_ids(memtier) == [first.lease_id]  # still pinned at MemTier
+        calls = client.calls
+        second = await client.place("a")
+        assert (second.lease_id, second.tier, second.evict) == (first.lease_id, "hbm", [])
+        assert client.calls == calls and client.reused == 1  # granted here, no actor call
+        other = await client.place("b")  # another expert goes to the actor
+        assert other.lease_id != first.lease_id and client.calls == calls + 1
+        await client.release(second.lease_id, ActivationReport(tier="hbm"))
+        assert await client.release(other.lease_id, reuse=False)  # a failed request: back at once
+        assert _lease_ids(memtier) == [first.lease_id]
+        deadline = time.monotonic() + 10
+        while _lease_ids(memtier) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # unused for hold_s: the sweep sends it back
+        assert _lease_ids(memtier) == [] and client.kept() == 0
+        stats = await memtier.stats.remote()
+        assert (stats.leases, stats.lease_reuses) == (3, 1)  # two placed at the actor, one reused
+        assert (stats.hbm.hits, stats.hbm.misses) == (1, 1)  # reports of the kept lease's requests
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_a_forgotten_socket_or_a_new_memtier_incarnation_drops_the_kept_leases(memtier) -> None:
+    async def scenario() -> None:
+        client = MemTierClient(memtier, hold_s=30.0)
+        lease = await client.place("c")
+        await client.release(lease.lease_id)
+        client.forget_socket("s0")
+        assert client.kept() == 0
+        again = await client.place("c")
+        assert again.lease_id != lease.lease_id  # placed by the actor, not reused
+        await client.release(again.lease_id)
+        assert client.kept() == 1
+        client._forget_older_incarnation("0123456789ab-7")  # a lease id from a restarted MemTier
+        assert client.kept() == 0
+        await memtier.release.remote(lease.lease_id)
+        await memtier.release.remote(again.lease_id)
+
+    asyncio.run(scenario())
