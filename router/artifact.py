@@ -22,7 +22,10 @@ CONFIG_FILE = "router.json"
 REPORT_FILE = "report.json"
 # Word-piece weights of the "static-idf" encoder (idf over the corpus it was trained on).
 TOKEN_WEIGHTS_FILE = "token_weights.safetensors"
-ARTIFACT_VERSION = 3
+# The "static-idf-ctx" encoder's contextualised word-piece table [V, D] (router/static_encoder.py).
+TOKEN_TABLE_FILE = "token_table.safetensors"
+# 4: the default encoder became "static-idf-ctx" (768-dim input, token_table.safetensors).
+ARTIFACT_VERSION = 4
 
 
 class TrainingReport(BaseModel):
@@ -56,7 +59,9 @@ class RouterArtifact(BaseModel):
     encoder: str = Field(
         default="default",
         description='"static" = word-piece averages of the bundled all-MiniLM-L6-v2, "static-idf" = the '
-        'same weighted by idf (weights in token_weights.safetensors), "default" = that transformer '
+        'same weighted by idf (weights in token_weights.safetensors), "static-idf-ctx" = that beside the '
+        "idf-weighted mean of contextualised word pieces (table in token_table.safetensors), "
+        '"default" = that transformer '
         "itself; otherwise a path to a transformers model dir.",
     )
     head: HeadConfig
@@ -95,15 +100,22 @@ def check_category_map(category_map: dict[str, str], categories: list[str]) -> N
 
 
 def save_artifact(
-    directory: Path, artifact: RouterArtifact, head: CategoryHead, token_weights: torch.Tensor | None = None
+    directory: Path,
+    artifact: RouterArtifact,
+    head: CategoryHead,
+    token_weights: torch.Tensor | None = None,
+    token_table: torch.Tensor | None = None,
 ) -> None:
-    """Write head.safetensors, router.json, the encoder's token weights (if any) and (if trained
-    here) report.json into `directory`."""
+    """Write head.safetensors, router.json, the encoder's token weights and table (if any) and (if
+    trained here) report.json into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, directory / HEAD_FILE)
     if token_weights is not None:
         save_file({"token_weights": token_weights.contiguous()}, directory / TOKEN_WEIGHTS_FILE)
         (directory / TOKEN_WEIGHTS_FILE).chmod(0o644)
+    if token_table is not None:
+        save_file({"token_table": token_table.contiguous()}, directory / TOKEN_TABLE_FILE)
+        (directory / TOKEN_TABLE_FILE).chmod(0o644)
     (directory / CONFIG_FILE).write_text(artifact.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if artifact.report is not None:
         (directory / REPORT_FILE).write_text(
@@ -146,3 +158,14 @@ def load_token_weights(directory: Path) -> torch.Tensor:
             f"`python -m router.train --out {directory}`"
         )
     return load_file(path)["token_weights"]
+
+
+def load_token_table(directory: Path) -> torch.Tensor:
+    """The "static-idf-ctx" encoder's contextualised word-piece table saved beside the head."""
+    path = directory / TOKEN_TABLE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the artifact's encoder reads it; retrain with "
+            f"`python -m router.train --out {directory}`"
+        )
+    return load_file(path)["token_table"]

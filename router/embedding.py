@@ -128,15 +128,13 @@ def get_encoder(encoder: str | os.PathLike[str] = DEFAULT_ENCODER):
     """Shared encoder per name/folder, loaded once even when several routers ask at the same time.
 
     `"static"` is the word-piece-average encoder (router/static_encoder.py); `"default"` or a
-    folder is a transformer `Encoder`. `"static-idf"` needs its artifact's token weights, so it
+    folder is a transformer `Encoder`. `"static-idf"`(-ctx) needs its artifact's token weights, so it
     is built by `router.routing.encoder_for`, not here.
     """
-    from router.static_encoder import STATIC_ENCODER, STATIC_IDF_ENCODER, StaticEncoder
+    from router.static_encoder import STATIC_ENCODER, WEIGHTED_ENCODERS, StaticEncoder
 
-    if str(encoder) == STATIC_IDF_ENCODER:
-        raise ValueError(
-            f"{STATIC_IDF_ENCODER!r} carries weights from its artifact; use router.routing.encoder_for"
-        )
+    if str(encoder) in WEIGHTED_ENCODERS:
+        raise ValueError(f"{str(encoder)!r} carries weights from its artifact; use routing.encoder_for")
 
     key = STATIC_ENCODER if str(encoder) == STATIC_ENCODER else resolve_encoder_path(encoder)
     cached = _CACHE.get(key)

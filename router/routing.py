@@ -25,6 +25,7 @@ from router.artifact import (
     artifact_exists,
     check_category_map,
     load_artifact,
+    load_token_table,
     load_token_weights,
 )
 from router.classifier import CategoryHead, entropy_nats
@@ -165,12 +166,15 @@ class Router:
 
 
 def encoder_for(artifact: RouterArtifact, directory: Path):
-    """The encoder an artifact was trained with: shared per process by name, or, for "static-idf",
-    built around the token weights saved in the artifact (the table and tokenizer are still shared)."""
-    from router.static_encoder import STATIC_IDF_ENCODER, StaticEncoder
+    """The encoder an artifact was trained with: shared per process by name, or, for "static-idf" and
+    "static-idf-ctx", built around the token weights (and table) saved in the artifact (the word-piece
+    table and tokenizer are still shared)."""
+    from router.static_encoder import STATIC_CTX_ENCODER, STATIC_IDF_ENCODER, StaticEncoder
 
     if artifact.encoder == STATIC_IDF_ENCODER:
         return StaticEncoder(STATIC_IDF_ENCODER, load_token_weights(directory))
+    if artifact.encoder == STATIC_CTX_ENCODER:
+        return StaticEncoder(STATIC_CTX_ENCODER, load_token_weights(directory), load_token_table(directory))
     return get_encoder(artifact.encoder)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from router.classifier import sample_weights
 from router.sources import _persistbench_category, strip_exam_framing
-from router.static_encoder import STATIC_IDF_ENCODER, StaticEncoder, token_idf, tokenize
+from router.static_encoder import STATIC_CTX_ENCODER, STATIC_IDF_ENCODER, StaticEncoder, token_idf, tokenize
 
 
 def test_exam_options_and_cues_are_stripped_but_the_question_stays():
@@ -83,3 +83,21 @@ def test_static_idf_needs_weights_and_plain_static_takes_none():
         StaticEncoder(STATIC_IDF_ENCODER)
     with pytest.raises(ValueError, match="shape"):
         StaticEncoder(STATIC_IDF_ENCODER, torch.ones(3))
+
+
+def test_static_idf_ctx_concatenates_two_unit_views_of_the_same_weighted_pieces():
+    plain = StaticEncoder()
+    vocab, dim = plain.vocab_size, plain.dim
+    table = torch.randn(vocab, dim, generator=torch.Generator().manual_seed(0))
+    enc = StaticEncoder(STATIC_CTX_ENCODER, torch.ones(vocab), table)
+    texts = ["the contract was breached", "a 2 kg block slides down a slope"]
+    x = enc.encode(texts)
+    assert enc.dim == 2 * dim and x.shape == (2, 2 * dim)
+    assert torch.allclose(x[:, :dim].norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(x[:, dim:].norm(dim=-1), torch.ones(2), atol=1e-5)
+    # first half: the plain static view when every weight is 1
+    assert torch.allclose(x[:, :dim], plain.encode(texts), atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        StaticEncoder(STATIC_CTX_ENCODER, torch.ones(vocab), torch.ones(3, dim))
+    with pytest.raises(ValueError, match="only"):
+        StaticEncoder(STATIC_IDF_ENCODER, torch.ones(vocab), table)
