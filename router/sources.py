@@ -369,6 +369,12 @@ OPENAI_EVALS_SETS: dict[str, str] = {
 # Why 60: enough to carry a set's vocabulary; templated sets (400 determinants) would otherwise fill
 # their category's cell and teach the template, not the topic.
 OPENAI_EVALS_PER_SET = 60
+# Sets of many distinct, hand-written or exam questions (not one template) keep up to 300: more of
+# their vocabulary for medicine, law, science, math and security (+0.5 points leave-one-source-out).
+OPENAI_EVALS_LARGE_SETS = {
+    "quartz": 300, "medmcqa": 300, "us_tort_law": 300, "jee-math": 300, "cissp-study-questions": 300,
+    "nutrition": 300,
+}
 
 # Exam scaffolding a user does not type: answer options ("a) ...", "B. ...", "(C) ..."), "Answer:"
 # cues and "Subject: X" headers. Stripped so that exam layout, not topic, cannot identify a source.
@@ -410,7 +416,8 @@ def read_openai_evals() -> Iterator[SourcePrompt]:
                         if len(text) >= 8 and text not in texts:
                             texts.append(text)
         rng = random.Random(f"openai_evals/{name}")
-        for text in texts if len(texts) <= OPENAI_EVALS_PER_SET else rng.sample(texts, OPENAI_EVALS_PER_SET):
+        cap = OPENAI_EVALS_LARGE_SETS.get(name, OPENAI_EVALS_PER_SET)
+        for text in texts if len(texts) <= cap else rng.sample(texts, cap):
             yield SourcePrompt(prompt=_clip(text), category=category, source="openai_evals", origin=name)
 
 
