@@ -491,6 +491,48 @@ def read_mind2web() -> Iterator[SourcePrompt]:
         )
 
 
+# ----------------------------------------------------------------------------- Tau2 customer requests
+TAU2 = SourceInfo(
+    name="tau2",
+    package="inspect-evals==0.28.0 (inspect_evals/tau2/data/domains/{airline,retail,telecom}/tasks.json*)",
+    licence="tau2-bench (Sierra): MIT; package: MIT",
+    description="Why a simulated customer calls an airline, a web shop or a phone company ('You want to "
+    "cancel your flights from MCO to CLT'), the reason only: everyday errands, all `general`.",
+)
+TAU2_DOMAINS = ("airline", "retail", "telecom")  # banking_knowledge is left out: its scenarios are money
+
+
+def read_tau2() -> Iterator[SourcePrompt]:
+    import gzip
+
+    folder = package_dir("inspect_evals") / "tau2" / "data" / "domains"
+    for domain in TAU2_DOMAINS:
+        plain, packed = folder / domain / "tasks.json", folder / domain / "tasks.json.gz"
+        text = plain.read_text(encoding="utf-8") if plain.is_file() else gzip.decompress(packed.read_bytes())
+        for task in json.loads(text):
+            reason = ((task.get("user_scenario") or {}).get("instructions") or {}).get("reason_for_call")
+            if isinstance(reason, str) and reason.strip():
+                yield SourcePrompt(prompt=_clip(reason), category="general", source="tau2", origin=domain)
+
+
+# ----------------------------------------------------------------------------- support tickets
+QUILLO = SourceInfo(
+    name="quillo",
+    package="inspect-evals==0.28.0 (inspect_evals/gdm_stealth/solver/strategic_rule_breaking/tickets.json)",
+    licence="Google DeepMind stealth evaluations (see the package's NOTICE); package: MIT",
+    description="Customer support tickets to an app (locked out, refund, cancel, the app crashes): "
+    "subject and message, tech support without code, all `general`.",
+)
+
+
+def read_quillo() -> Iterator[SourcePrompt]:
+    path = package_dir("inspect_evals") / "gdm_stealth" / "solver" / "strategic_rule_breaking"
+    path = path / "tickets.json"
+    for ticket in json.loads(path.read_text(encoding="utf-8")):
+        text = f"{ticket['subject']}\n\n{ticket['description']}"
+        yield SourcePrompt(prompt=_clip(text), category="general", source="quillo", origin=ticket["type"])
+
+
 # ----------------------------------------------------------------------------- registry
 SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
     s.name: (s, reader)
@@ -504,6 +546,8 @@ SOURCES: dict[str, tuple[SourceInfo, Callable[[], Iterator[SourcePrompt]]]] = {
         (OPENAI_EVALS, read_openai_evals),
         (PERSISTBENCH, read_persistbench),
         (MIND2WEB, read_mind2web),
+        (TAU2, read_tau2),
+        (QUILLO, read_quillo),
     )
 }
 
