@@ -286,6 +286,27 @@ def test_a_lease_on_a_socket_the_router_cannot_reach_is_placed_again(rig, client
     assert ray.get(memtier.stats.remote()).leases - granted == 2  # the ghost's lease, then a real one
 
 
+def test_a_finished_requests_lease_serves_the_next_request_for_its_expert(rig, client, tiny_config):
+    """Lease reuse (memtier.lease_hold_s): the ingress keeps a finished request's lease, so the next
+    request for the expert runs on the same socket with no MemTier placement; the kept lease goes
+    back once unused for lease_hold_s."""
+    memtier = get_memtier(tiny_config.name)
+    before = ray.get(memtier.stats.remote()).lease_reuses
+    reused = lambda: ray.get(memtier.stats.remote()).lease_reuses > before  # noqa: E731
+    for _ in range(5):  # a loaded box may take longer than lease_hold_s between two requests
+        first = _ask(client, "tiny-02", "hello", max_tokens=2).parse().model_extra["coe"]
+        second = _ask(client, "tiny-02", "hello again", max_tokens=2).parse().model_extra["coe"]
+        try:
+            wait_for(reused, "a reuse reported to MemTier", timeout_s=3.0)
+            break
+        except AssertionError:
+            continue
+    assert reused()
+    assert second["socket"] == first["socket"] and second["tier"] == "hbm"
+    on_expert = lambda: [x for x in ray.get(memtier.leases.remote()) if x.expert == "tiny-02"]  # noqa: E731
+    wait_for(lambda: not on_expert(), "the kept lease released once unused")
+
+
 # ---------------------------------------------------------------------------------------------- observability
 def test_models_retrieve_gives_the_card_and_an_openai_404_for_unknown_ids(client, tiny_config):
     served = _ask(client, "tiny-06", "where do you live?").parse().model_extra["coe"]
