@@ -253,7 +253,8 @@ def markdown(report: CompareReport) -> str:
         f"(page cache warm); at most {base_server.peak_models_in_use} distinct models ran at once on one "
         f"replica (K = {s.K}: above K, models evicted mid-batch stayed in memory). CoE misses: "
         f"{coe_server.hbm_misses} page-ins, {coe_server.ddr_misses} of them from the STORE, "
-        f"{coe_server.bytes_ddr_to_hbm / 1e6:.0f} MB mapped DDR->HBM.",
+        f"{coe_server.bytes_ddr_to_hbm / 1e6:.0f} MB mapped DDR->HBM; {coe_server.lease_reuses} of "
+        f"{coe_server.placements} placements were kept leases the ingress reused (no MemTier call).",
         "",
         "OPT and LRU replay the same expert sequence (warm-up + measured) from an empty cache of the summed "
         "HBM of all sockets, an upper bound for any placement over the sockets; CoE's hit rate over the same "

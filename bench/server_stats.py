@@ -28,6 +28,10 @@ class TierStats(BaseModel):
     bytes_ddr_to_hbm: int = 0
     bytes_store_to_hbm: int = Field(0, description="Baseline: bytes `from_pretrained` loaded on misses.")
     hbm_evictions: int = 0
+    placements: int = Field(0, description="CoE: leases granted (one per request), reused ones included.")
+    lease_reuses: int = Field(
+        0, description="CoE: of those, granted by the ingress from a kept lease with no MemTier call."
+    )
     load_s_total: float = Field(0.0, description="Baseline: seconds spent in `from_pretrained`.")
     peak_models_in_use: int = Field(
         0,
@@ -54,6 +58,8 @@ def fetch_counters(client: httpx.Client, url: str) -> dict[str, float]:
             "bytes_store_to_ddr": s["bytes_moved_store_to_ddr"],
             "bytes_ddr_to_hbm": s["bytes_moved_ddr_to_hbm"],
             "hbm_evictions": s["hbm_evictions"],
+            "placements": s["leases"],
+            "lease_reuses": s.get("lease_reuses", 0),
         }
     response = client.get(f"{url}/v1/stats", timeout=30)
     if response.status_code == 200:
