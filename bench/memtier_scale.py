@@ -222,14 +222,16 @@ class SimSockets:
         self.served_s: dict[str, float] = {}  # last request that ended under a holder's lease
         self.full_s: dict[str, float] = {}  # last heartbeat sent
 
-    def run(self, lease: Lease) -> SocketInfo:
+    def run(self, lease: Lease) -> SocketInfo | None:
+        """Do what the lease says; the report a releasing socket sends with its release (None when a
+        holder releases: the socket sends nothing then)."""
         held = [e for e in self.residents[lease.socket_id] if e not in lease.evict and e != lease.expert]
         held.append(lease.expert)
         self.residents[lease.socket_id] = held
-        if self.releases:
-            self.reported_s[lease.socket_id] = time.monotonic()
-        else:
+        if not self.releases:
             self.served_s[lease.socket_id] = time.monotonic()
+            return None
+        self.reported_s[lease.socket_id] = time.monotonic()
         return self.infos[lease.socket_id].model_copy(update={"residents": list(held)})
 
 
