@@ -74,6 +74,7 @@ class Rate(BaseModel):
     reused_share: float = Field(
         0.0, description="actor-held: the share of placements granted from a kept lease, with no actor call."
     )
+    leases_left: int = Field(0, description="Actor modes: leases MemTier still held after the run (leaks).")
 
 
 class SimResult(BaseModel):
@@ -309,10 +310,10 @@ def measure_actor(
         reused = getattr(client, "reused", 0) - reused_before
         stop.set()
         await beating
-        await _drain(client)
-        return done, seconds, cpu_s, reused
+        left = await _drain(client, memtier)
+        return done, seconds, cpu_s, reused, left
 
-    done, seconds, cpu_s, reused = asyncio.run(run())
+    done, seconds, cpu_s, reused, left = asyncio.run(run())
     stats = ray.get(memtier.stats.remote())
     ray.kill(memtier)
     return Rate(
@@ -326,14 +327,17 @@ def measure_actor(
         authority_cpu_s=cpu_s,
         pairs_per_authority_cpu_s=done / cpu_s if cpu_s > 0 else 0.0,
         reused_share=reused / done if done else 0.0,
+        leases_left=left,
     )
 
 
-async def _drain(client) -> None:
-    """Let a holding client send back its kept leases (they expire after hold_s), so the run ends
-    with every lease released, as the check after it expects."""
-    while getattr(client, "kept", lambda: 0)():
+async def _drain(client, memtier, timeout_s: float = 10.0) -> int:
+    """Wait until MemTier holds no lease (a holding client sends its kept ones back after hold_s);
+    returns how many were still out at the timeout: any is a leak."""
+    deadline = time.monotonic() + timeout_s
+    while (left := len(await memtier.leases.remote())) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    return left
 
 
 # --------------------------------------------------------------------------- simulated cluster
@@ -539,6 +543,10 @@ def markdown(report: ScaleReport) -> str:
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     single = {(r.sockets, r.callers): r for r in report.rates if r.mode == "actor-single"}
+    actor_runs = [r for r in report.rates if r.mode.startswith("actor-")]
+    if actor_runs:
+        leaked = sum(r.leases_left for r in actor_runs)
+        lines += ["", f"Leases MemTier still held after the actor runs: {leaked} (0: none leaked)."]
     lines += ["", "## Against the goal", ""]
     for mode in ("actor-batched", "actor-held"):
         goal = next(

@@ -206,6 +206,16 @@ def test_the_client_batches_concurrent_calls_and_keeps_their_answers_apart(local
     ray.kill(memtier)
 
 
+@pytest.mark.integration
+def test_the_held_mode_reuses_leases_and_leaves_none_behind(local_ray) -> None:
+    from bench.memtier_scale import measure_actor
+
+    rate = measure_actor(8, 4, 300, 2, 1.0, "held", heartbeat_s=0.5, hold_s=0.2)
+    assert (rate.mode, rate.pairs) == ("actor-held", 300)
+    assert 0 < rate.reused_share < 1  # some pairs granted from kept leases, the first ones placed
+    assert rate.leases_left == 0  # every kept lease went back once unused
+
+
 # --------------------------------------------------------------------------- the bench
 def test_scale_bench_core_and_simulation(tmp_path: Path) -> None:
     report = main(
