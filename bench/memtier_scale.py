@@ -12,8 +12,9 @@ This bench measures the ceiling with the real code:
   sockets did before); ``batched`` goes through `memtier.client.MemTierClient`, which coalesces
   whatever callers of one process have pending into one actor call; ``held`` is that client as
   the ingress runs it, keeping each finished lease for ``--hold-s`` to grant the next request for
-  its expert locally (lease reuse: those pairs never reach the actor; the sockets then heartbeat
-  every period, since the ingress, not they, releases).
+  its expert locally (lease reuse: such a pair waits for no actor call; the actor hears of it in
+  the client's next batch). The sockets then skip a heartbeat only when the client vouched for
+  them and their last full report is under 3 periods old, as SocketAgent does.
 * ``sim``: a 64-node x 8-socket cluster's placement with the real `MemTierCore`, in virtual time:
   requests arrive at a given rate, hold their socket for a given time, and the hit rate is
   compared with LRU and Belady's OPT on the same trace over the summed HBM.
@@ -332,10 +333,14 @@ def measure_actor(
 
 
 async def _drain(client, memtier, timeout_s: float = 10.0) -> int:
-    """Wait until MemTier holds no lease (a holding client sends its kept ones back after hold_s);
-    returns how many were still out at the timeout: any is a leak."""
+    """Wait until MemTier holds no lease, in use or kept idle (a holding client sends its kept ones
+    back after hold_s); returns how many were still out at the timeout: any is a leak."""
+
+    async def out() -> int:
+        return len(await memtier.leases.remote()) + len(await memtier.idle_leases.remote())
+
     deadline = time.monotonic() + timeout_s
-    while (left := len(await memtier.leases.remote())) and time.monotonic() < deadline:
+    while (left := await out()) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return left
 

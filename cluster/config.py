@@ -292,8 +292,8 @@ class MemtierConfig(_Strict):
         0.25,
         ge=0,
         description="How long an ingress keeps a finished request's lease to give its next request for "
-        "the same expert, an HBM hit granted with no MemTier call (memtier/client.py). The expert stays "
-        "pinned on its socket meanwhile. 0 = every request places and releases at MemTier.",
+        "the same expert, sent to the same socket with no MemTier call (memtier/client.py). A kept lease "
+        "pins nothing; evicting its expert revokes it. 0 = every request places and releases at MemTier.",
     )
     prefetch: bool = Field(
         False,

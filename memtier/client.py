@@ -13,13 +13,16 @@ retried with the blocking `MemTier.place`, so one saturated expert never holds u
 
 **Lease reuse** (`hold_s` > 0; issue 17, point 5): a client that releases its own leases (the
 ingress, which sees every request end) keeps a released lease for `hold_s` instead of sending
-the release. Its next request for that expert takes the kept lease: an HBM hit granted locally,
-with no actor call, on a socket where the expert is still pinned for it (nothing could evict it
-meanwhile). The actor hears of each reuse in the next batch, so its policy and hit counts see
-every request. Kept leases go back when `hold_s` passes unused; a holder that stops calling (its
-process died) loses them after MemTier's `holder_timeout_s`. On a Zipf catalog most requests are
-for experts asked for within the last fraction of a second, so most pairs never reach the actor
-(bench.memtier_scale, mode ``held``).
+the release. Its next request for that expert takes the kept lease: routed at once, with no
+actor call, to the socket that just ran the expert. The actor hears, in the next batch, that the
+lease went idle (it unpins the expert: an idle kept lease never blocks a placement or an
+eviction) and that it was reused (it pins it again and counts the request, so policy and hit
+counts see every request). An eviction of the expert revokes the idle lease, and the answer
+tells the client to drop it; a reuse that races an eviction is still served, the socket paging
+the expert back in. Kept leases go back when `hold_s` passes unused; a holder that stops calling
+(its process died) loses them after MemTier's `holder_timeout_s`. On a Zipf catalog most
+requests are for experts asked for within the last fraction of a second, so most pairs never
+reach the actor (bench.memtier_scale, mode ``held``).
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ class MemTierClient:
         self.reused = 0  # placements granted here from a kept lease, with no actor call
         self._out: dict[str, Lease] = {}  # held leases in use by a request now
         self._kept: dict[str, deque[tuple[float, Lease]]] = {}  # expert -> (kept until, lease), oldest first
-        self._reuses: list[str] = []  # reused since the last actor call
+        self._holds: list[tuple[str, bool]] = []  # since the last call: (lease, reused) kept idle or reused
+        self._memtier_waiting = 0  # placements waiting for room at MemTier, as its last answer said
         self._reports: list[ActivationReport] = []  # of requests whose leases were kept, for stats
         self._served: set[str] = set()  # sockets those requests finished on: alive, said for them
         self._sweeper: asyncio.Task | None = None
@@ -96,9 +100,12 @@ class MemTierClient:
         lease = self._out.pop(lease_id, None)
         if lease is not None and reuse and lease.keep and not lease.prefetch:
             self._keep(lease)
+            self._holds.append((lease_id, False))
             self._served.add(lease.socket_id)
             if report is not None:
-                self._reports.append(report)  # goes with the next call: stats lag by at most PING_S
+                self._reports.append(report)  # goes with the next call, within hold_s / 2 (the sweep)
+            if self._memtier_waiting:
+                self._kick()  # a placement waits for room at MemTier: unpinning this one may give it
             return True
         future = asyncio.get_running_loop().create_future()
         self._pending.releases.append(((lease_id, report, socket), future))
@@ -107,8 +114,16 @@ class MemTierClient:
 
     def forget_socket(self, socket_id: str) -> None:
         """A socket failed: its kept leases are void (MemTier drops them with the socket)."""
+        kept = [lease for leases in self._kept.values() for _, lease in leases]
+        self._drop_kept({lease.lease_id for lease in kept if lease.socket_id == socket_id})
+
+    def _drop_kept(self, lease_ids: set[str]) -> None:
         for expert, kept in list(self._kept.items()):
-            self._kept[expert] = deque(item for item in kept if item[1].socket_id != socket_id)
+            remaining = deque(item for item in kept if item[1].lease_id not in lease_ids)
+            if remaining:
+                self._kept[expert] = remaining
+            else:
+                del self._kept[expert]
 
     def _forget_older_incarnation(self, lease_id: str) -> None:
         """Lease ids start with their MemTier's incarnation (memtier/pager.py): one from a new
@@ -129,7 +144,7 @@ class MemTierClient:
             return None
         _, lease = kept.pop()  # the most recently used: the socket most likely still batching it
         self._out[lease.lease_id] = lease
-        self._reuses.append(lease.lease_id)
+        self._holds.append((lease.lease_id, True))
         self.reused += 1  # the actor hears of it with the next call, within hold_s / 2 (the sweep)
         return lease.model_copy(update={"tier": "hbm", "evict": []})
 
@@ -156,7 +171,7 @@ class MemTierClient:
                     expired = True
                 if not kept:
                     del self._kept[expert]
-            if expired or self._reuses or self._reports or now - self._last_call_s > PING_S:
+            if expired or self._holds or self._reports or now - self._last_call_s > PING_S:
                 self._kick()
 
     # ------------------------------------------------------------------ batching
@@ -166,6 +181,9 @@ class MemTierClient:
         self._kick()
         return future
 
+    def _has_work(self) -> bool:
+        return bool(self._pending.places or self._pending.releases or self._holds or self._reports)
+
     def _kick(self) -> None:
         if not self._sending:
             self._sending = True
@@ -173,22 +191,22 @@ class MemTierClient:
 
     async def _pump(self) -> None:
         try:
-            while self._pending.places or self._pending.releases or self._reuses or self.holder:
+            while self._has_work() or self.holder:
                 places = self._pending.places[:MAX_BATCH]
                 releases = self._pending.releases[:MAX_BATCH]
                 del self._pending.places[: len(places)]
                 del self._pending.releases[: len(releases)]
-                reuses, self._reuses = self._reuses, []
+                holds, self._holds = self._holds, []
                 reports, self._reports = self._reports, []
                 served, self._served = list(self._served), set()
                 self.calls += 1
                 self._last_call_s = time.monotonic()
                 try:
-                    placed, released = await self.memtier.batch.remote(
+                    placed, released, revoked, self._memtier_waiting = await self.memtier.batch.remote(
                         [expert for expert, _ in places],
                         [args for args, _ in releases],
                         self.holder,
-                        reuses,
+                        holds,
                         reports,
                         served,
                     )
@@ -208,7 +226,9 @@ class MemTierClient:
                     _settle(future, result)
                 for (_, future), result in zip(releases, released, strict=True):
                     _settle(future, result)
-                if not (self._pending.places or self._pending.releases or self._reuses):
+                if revoked:
+                    self._drop_kept(set(revoked))
+                if not self._has_work():
                     break  # a holder's call doubles as its liveness ping: one per kick is enough
         finally:
             self._sending = False

@@ -259,22 +259,6 @@ class ResidencyDirectory:
         self.leases[lease.lease_id] = lease
         return victims
 
-    def reuse(self, lease_id: str) -> bool:
-        """A held lease served one more request (memtier/client.py, lease reuse): count it as the
-        request for its expert that `grant` would have counted, and refresh its recency. False for
-        an unknown lease (released or voided meanwhile): nothing to count against."""
-        lease = self.leases.get(lease_id)
-        socket = self.sockets.get(lease.socket_id) if lease is not None else None
-        if socket is None:
-            return False
-        self.clock += 1
-        socket.last_used = self.clock
-        self.hbm_policy.record(lease.expert)
-        if lease.expert in socket.hbm:
-            socket.hbm.touch(lease.expert)
-        self.table.refresh(socket)  # only its recency changed: no residency index to redo
-        return True
-
     def release(self, lease_id: str) -> Lease | None:
         """Unpin a lease's expert; unknown ids (already released, or voided) are a no-op."""
         lease = self.leases.pop(lease_id, None)

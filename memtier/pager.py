@@ -20,6 +20,7 @@ import ray
 from cluster.config import MemtierConfig
 from memtier.directory import ResidencyDirectory, UnknownExpertError
 from memtier.head import on_head_node
+from memtier.lru import AllPinnedError, NeverFitsError
 from memtier.metrics import MemtierMetrics
 from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo
 from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
@@ -85,6 +86,11 @@ class MemTierCore:
         self.holder_timeout_s = holder_timeout_s
         self.holder_seen_s: dict[str, float] = {}
         self.held_by: dict[str, set[str]] = {}  # holder -> its lease ids
+        # Kept leases between requests pin nothing (an idle lease never blocks a placement or an
+        # eviction): lease id -> lease, indexed by (socket, expert) to revoke when it is evicted.
+        self.idle: dict[str, Lease] = {}
+        self._idle_at: dict[tuple[str, str], set[str]] = {}
+        self.revoked: dict[str, list[str]] = {}  # holder -> idle leases whose expert was evicted
         self.stats = MemtierStats()
         self._switch_s: deque[float] = deque(maxlen=20_000)
         self.metrics = MemtierMetrics(cluster)
@@ -98,6 +104,7 @@ class MemTierCore:
 
     def drop_socket(self, socket_id: str) -> list[Lease]:
         voided = self.directory.drop_socket(socket_id)
+        voided += [self._unidle(i) for i, lease in list(self.idle.items()) if lease.socket_id == socket_id]
         for lease in voided:
             self.lease_granted_s.pop(lease.lease_id, None)
             if lease.holder:
@@ -152,6 +159,7 @@ class MemTierCore:
             holder=holder,
         )
         lease.evict = self.directory.grant(lease)
+        self._revoke(lease.socket_id, lease.evict)
         self.lease_granted_s[lease.lease_id] = now_s
         if holder:
             self.held_by.setdefault(holder, set()).add(lease.lease_id)
@@ -179,6 +187,7 @@ class MemTierCore:
             prefetch=True,
         )
         lease.evict = self.directory.grant(lease)
+        self._revoke(lease.socket_id, lease.evict)
         self.lease_granted_s[lease.lease_id] = now_s
         self._prefetch_leases[lease.lease_id] = (plan.expert, plan.socket_id, list(lease.evict))
         self.prefetcher.hbm_started(lease.lease_id, plan.socket_id)
@@ -214,25 +223,77 @@ class MemTierCore:
                 self.directory.sockets[socket.socket_id].last_seen_s = now_s
         return released
 
-    def reuse(self, lease_id: str, now_s: float) -> bool:
-        """Its holder gave a held lease to one more request, which never came here to be placed:
-        counted as a placement and its expert's recency refreshed, so the policy sees every
-        request (the request's own report, hit or miss, comes through `record`). The lease's TTL
-        restarts. False if the lease is gone."""
-        if not self.directory.reuse(lease_id):
+    # ------------------------------------------------------------------ lease reuse (memtier/client.py)
+    def keep_idle(self, lease_id: str) -> bool:
+        """Its holder kept a finished lease for its next request: unpin the expert (recency
+        refreshed, as any release), so an idle kept lease never blocks a placement or an eviction.
+        The lease stays its holder's until released. False if the lease is gone."""
+        lease = self.directory.release(lease_id)
+        self.lease_granted_s.pop(lease_id, None)
+        if lease is None:
             return False
-        lease = self.directory.leases[lease_id]
+        self.idle[lease_id] = lease
+        self._idle_at.setdefault((lease.socket_id, lease.expert), set()).add(lease_id)
+        return True
+
+    def reuse(self, lease_id: str, now_s: float) -> bool:
+        """Its holder gave a kept lease to one more request, which never came here to be placed:
+        pin the expert again and count a placement, so the policy sees every request (the
+        request's own report, hit or miss, comes through `record`). If the expert was evicted
+        meanwhile, the socket pages it back in and the pin covers that too. False if the lease
+        is gone (released, voided, revoked and not yet heard of by its holder)."""
+        if lease_id not in self.idle:
+            return False
+        lease = self._unidle(lease_id)
+        socket = self.directory.sockets.get(lease.socket_id)
+        if socket is None:
+            return False
+        lease.evict = []
+        if lease.expert not in socket.hbm:
+            node = self.directory.nodes.get(lease.node_id)
+            lease.tier = "ddr" if node is not None and lease.expert in node.ddr else "store"
+        else:
+            lease.tier = "hbm"
+        try:
+            self._revoke(lease.socket_id, self.directory.grant(lease))
+        except (AllPinnedError, NeverFitsError):
+            return False  # no room beside the pins there now: the socket waits for room itself
         self.lease_granted_s[lease_id] = now_s
         self.stats.leases += 1
         self.stats.lease_reuses += 1
         self.prefetcher.observe(lease.expert)
         return True
 
+    def _unidle(self, lease_id: str) -> Lease:
+        lease = self.idle.pop(lease_id)
+        at = self._idle_at.get((lease.socket_id, lease.expert))
+        if at is not None:
+            at.discard(lease_id)
+            if not at:
+                del self._idle_at[(lease.socket_id, lease.expert)]
+        return lease
+
+    def _revoke(self, socket_id: str, evicted: list[str]) -> None:
+        """Experts evicted from a socket end the idle leases kept on them there: their holders
+        hear of it in their next batch and stop reusing them."""
+        for expert in evicted:
+            for lease_id in list(self._idle_at.get((socket_id, expert), ())):
+                lease = self._unidle(lease_id)
+                self.held_by.get(lease.holder, set()).discard(lease_id)
+                self.revoked.setdefault(lease.holder, []).append(lease_id)
+
+    def take_revoked(self, holder: str) -> list[str]:
+        return self.revoked.pop(holder, [])
+
     def record(self, report: ActivationReport) -> None:
         """A finished request's report whose lease its holder kept (not released): stats only."""
         self._record(report)
 
     def _release(self, lease_id: str, report: ActivationReport | None) -> bool:
+        if lease_id in self.idle:  # a kept lease its holder gave back: nothing is pinned for it
+            lease = self._unidle(lease_id)
+            self.held_by.get(lease.holder, set()).discard(lease_id)
+            return True
         if lease_id in self._prefetch_leases:  # a prefetch finished: not a request, nothing to record
             expert, _, _ = self._prefetch_leases.pop(lease_id)
             self.prefetcher.hbm_done(lease_id, expert)
@@ -424,16 +485,19 @@ class MemTier:
         places: list[str],
         releases: list[tuple[str, ActivationReport | None, SocketInfo | None]],
         holder: str = "",
-        reuses: list[str] | None = None,
+        holds: list[tuple[str, bool]] | None = None,
         reports: list[ActivationReport] | None = None,
         served: list[str] | None = None,
-    ) -> tuple[list[tuple | BaseException | None], list[bool | BaseException]]:
+    ) -> tuple[list[tuple | BaseException | None], list[bool | BaseException], list[str], int]:
         """Many releases, then many placements, in one actor call (memtier/client.py batches them).
 
         A `holder` (a client that reuses its leases) gets leases it releases itself, and is seen
-        alive; `reuses` are its held leases it handed to another request since its last call, and
-        `reports` what the requests whose leases it kept found on their sockets, and `served` the
-        sockets those requests finished on: alive, as a heartbeat would say (they skip beats then).
+        alive. `holds` says, in order, which of its leases it kept idle after a request (False) and
+        which it gave to another request (True) since its last call; `reports` what the requests
+        whose leases it kept found on their sockets, and `served` the sockets those requests
+        finished on: alive, as a heartbeat would say (they skip beats then). The answer adds the
+        holder's kept leases revoked by an eviction, and how many placements wait for room (a
+        holder then sends its idle leases at once: they free room).
 
         Each placement is a Lease as a plain tuple (`lease_tuple`: a tenth of a pydantic model's
         pickling cost, paid by the one authority), an exception for its caller (unknown expert,
@@ -445,8 +509,11 @@ class MemTier:
         now_s = time.monotonic()
         if holder:
             self.core.seen_holder(holder, now_s)
-        for lease_id in reuses or ():
-            self.core.reuse(lease_id, now_s)
+        for lease_id, reused in holds or ():
+            if reused:
+                self.core.reuse(lease_id, now_s)
+            else:
+                self.core.keep_idle(lease_id)
         for report in reports or ():
             self.core.record(report)
         for socket_id in served or ():
@@ -456,7 +523,7 @@ class MemTier:
                 released.append(self.core.release(lease_id, report, socket, now_s))
             except Exception as err:  # a bad report must not fail the other callers' releases
                 released.append(err)
-        if releases:
+        if releases or holds:
             self._notify()
         placed: list[tuple | BaseException | None] = []
         now_s = time.monotonic()
@@ -469,7 +536,8 @@ class MemTier:
                 placed.append(None if not self.core.directory.sockets else err)
             except Exception as err:
                 placed.append(err)
-        return placed, released
+        revoked = self.core.take_revoked(holder) if holder else []
+        return placed, released, revoked, sum(self._waiting.values())
 
     async def poll(self, info: SocketInfo) -> Lease | None:
         """A socket's heartbeat that may come back with work: an HBM prefetch lease for an idle
@@ -553,6 +621,10 @@ class MemTier:
     async def metrics(self) -> list:
         """Prometheus families (`coe:memtier_*`) for the ingress's GET /metrics: counters and residency."""
         return self.core.metrics.families(self.core.directory.status())
+
+    async def idle_leases(self) -> list[Lease]:
+        """Leases their holders keep between requests (memtier/client.py): nothing pinned for them."""
+        return list(self.core.idle.values())
 
     async def leases(self) -> list[Lease]:
         return list(self.core.directory.leases.values())

@@ -79,7 +79,7 @@ class FakeMemTier:
     async def _batch(self, places: list[str], releases: list[tuple], *holder_fields) -> tuple[list, list]:
         """`holder_fields` (lease reuse) are ignored: these leases have no holder, sockets release them."""
         released = [await self._release(lease_id) for lease_id, _, _ in releases]
-        return [lease_tuple(await self._place(expert)) for expert in places], released
+        return [lease_tuple(await self._place(expert)) for expert in places], released, [], 0
 
     async def _drop(self, socket_id: str) -> int:
         self.dropped.append(socket_id)

@@ -41,17 +41,48 @@ def test_a_silent_holders_leases_are_reaped_and_unpin_their_experts() -> None:
     assert not core.directory.sockets["s0"].hbm.is_pinned("a")
 
 
-def test_a_reuse_counts_as_a_placement_and_a_report_as_its_hit() -> None:
+def test_a_kept_lease_pins_nothing_and_a_reuse_pins_again_and_counts_a_placement() -> None:
     core = _core()
     lease = core.try_place("a", 0.0, "ingress")
-    assert core.stats.leases == 1
+    hbm = core.directory.sockets["s0"].hbm
+    assert core.stats.leases == 1 and hbm.is_pinned("a")
+    assert core.keep_idle(lease.lease_id)
+    assert not hbm.is_pinned("a") and core.directory.leases == {} and lease.lease_id in core.idle
     assert core.reuse(lease.lease_id, 1.0)
     core.record(ActivationReport(tier="hbm"))
+    assert hbm.is_pinned("a") and core.directory.leases[lease.lease_id].tier == "hbm"
     assert core.stats.leases == 2 and core.stats.lease_reuses == 1 and core.stats.hbm.hits == 1
     assert core.lease_granted_s[lease.lease_id] == 1.0  # the TTL restarts with each request
-    core.release(lease.lease_id, None)
+    assert not core.reuse(lease.lease_id, 1.5)  # in use, not idle: not a reuse to count
+    core.keep_idle(lease.lease_id)
+    assert core.release(lease.lease_id, None) and core.idle == {}
     assert not core.reuse(lease.lease_id, 2.0) and core.stats.leases == 2  # gone: nothing to count
     assert core.held_by["ingress"] == set()
+
+
+def test_an_eviction_revokes_the_idle_leases_kept_on_its_victim() -> None:
+    core = _core()
+    kept_a = core.try_place("a", 0.0, "ingress")
+    kept_b = core.try_place("b", 0.0, "ingress")
+    core.keep_idle(kept_a.lease_id)
+    core.keep_idle(kept_b.lease_id)
+    c = core.try_place("c", 1.0)  # the socket is full of idle kept experts: one is evicted for c
+    assert len(c.evict) == 1
+    victim = kept_a if c.evict == ["a"] else kept_b
+    assert core.take_revoked("ingress") == [victim.lease_id] and core.take_revoked("ingress") == []
+    assert not core.reuse(victim.lease_id, 2.0)  # revoked: its holder drops it
+    survivor = kept_b if victim is kept_a else kept_a
+    assert core.reuse(survivor.lease_id, 2.0)
+
+
+def test_a_reuse_of_an_expert_the_socket_no_longer_holds_pins_a_page_in() -> None:
+    core = _core()
+    lease = core.try_place("a", 0.0, "ingress")
+    core.keep_idle(lease.lease_id)
+    core.directory.sync_socket(SocketInfo(socket_id="s0", node_id="n0", hbm_bytes=2, residents=[]))
+    assert core.reuse(lease.lease_id, 1.0)  # the socket pages it back in; the directory agrees
+    assert core.directory.leases[lease.lease_id].tier == "ddr"
+    assert core.directory.sockets["s0"].hbm.is_pinned("a")
 
 
 def test_a_holder_vouching_for_a_socket_keeps_it_alive() -> None:
@@ -65,8 +96,11 @@ def test_a_holder_vouching_for_a_socket_keeps_it_alive() -> None:
 def test_a_voided_held_lease_leaves_its_holders_set() -> None:
     core = _core()
     lease = core.try_place("b", 0.0, "ingress")
-    core.drop_socket("s0")
-    assert core.held_by["ingress"] == set() and lease.lease_id not in core.directory.leases
+    idle = core.try_place("c", 0.0, "ingress")
+    core.keep_idle(idle.lease_id)
+    voided = core.drop_socket("s0")
+    assert {x.lease_id for x in voided} == {lease.lease_id, idle.lease_id}
+    assert core.held_by["ingress"] == set() and core.idle == {} and core.directory.leases == {}
 
 
 # --------------------------------------------------------------------------- the client, on a real actor
@@ -99,11 +133,12 @@ def test_a_finished_lease_serves_the_next_request_for_its_expert_with_no_actor_c
         assert other.lease_id != first.lease_id and client.calls == calls + 1
         await client.release(second.lease_id, ActivationReport(tier="hbm"))
         assert await client.release(other.lease_id, reuse=False)  # a failed request: back at once
-        assert _lease_ids(memtier) == [first.lease_id]
+        assert _lease_ids(memtier) == []  # that call said `first` went idle: nothing pinned for it
+        assert [x.lease_id for x in await memtier.idle_leases.remote()] == [first.lease_id]
         deadline = time.monotonic() + 10
-        while _lease_ids(memtier) and time.monotonic() < deadline:
+        while await memtier.idle_leases.remote() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)  # unused for hold_s: the sweep sends it back
-        assert _lease_ids(memtier) == [] and client.kept() == 0
+        assert await memtier.idle_leases.remote() == [] and client.kept() == 0
         stats = await memtier.stats.remote()
         assert (stats.leases, stats.lease_reuses) == (3, 1)  # two placed at the actor, one reused
         assert (stats.hbm.hits, stats.hbm.misses) == (1, 1)  # reports of the kept lease's requests
