@@ -298,7 +298,7 @@ def measure_actor(
         if mode == "single":
             client = _SingleCalls(memtier)
         else:
-            client = MemTierClient(memtier, hold_s=hold_s if mode == "held" else 0.0)
+            client = MemTierClient(memtier, hold_s=hold_s if mode == "held" else 0.0, saturation=SATURATION)
         stop = asyncio.Event()
         beating = asyncio.ensure_future(_heartbeats(memtier, sim, stop, heartbeat_s))
         await _drive(client, trace[: max(callers * 4, 64)], callers, sim)  # warm-up: connections, imports

@@ -89,7 +89,9 @@ class CoEService:
         # Every request places and releases a lease: one batched actor call per event-loop turn
         # for all of this ingress replica's requests, not one each, and a finished request's lease
         # kept for the next request for its expert (memtier/client.py).
-        self.leases = MemTierClient(self.memtier, hold_s=config.memtier.lease_hold_s)
+        self.leases = MemTierClient(
+            self.memtier, hold_s=config.memtier.lease_hold_s, saturation=config.serve.max_batch_size
+        )
         self.tokenizers = TokenizerCache(config)
         self._router = None
         self.expert_ids = set(config.expert_ids)

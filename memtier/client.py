@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from memtier.models import ActivationReport, Lease, SocketInfo
@@ -56,9 +56,14 @@ class _Pending:
 class MemTierClient:
     """Batches `place` and `release` for one event loop; the same results as the actor's own calls."""
 
-    def __init__(self, memtier, *, hold_s: float = 0.0) -> None:
+    def __init__(self, memtier, *, hold_s: float = 0.0, saturation: int | None = None) -> None:
         self.memtier = memtier
         self.hold_s = hold_s
+        # A kept lease is reused only while this client runs fewer than `saturation` requests on its
+        # socket (the engine's batch): past that, MemTier places the request, and may replicate the
+        # expert onto another socket (invariant 5) instead of queueing it behind a full batch.
+        self.saturation = saturation
+        self._busy: Counter[str] = Counter()  # socket -> this client's held leases in use there
         self.holder = f"client-{uuid.uuid4().hex[:12]}" if hold_s > 0 else ""
         self._pending = _Pending()
         self._sending = False
@@ -84,6 +89,7 @@ class MemTierClient:
         if result.holder:
             self._forget_older_incarnation(result.lease_id)
             self._out[result.lease_id] = result
+            self._busy[result.socket_id] += 1
             self._ensure_sweeper()
         return result
 
@@ -98,6 +104,8 @@ class MemTierClient:
         """Give a lease back. A held lease is kept for reuse when `reuse` (its request ended
         normally); `reuse=False` (the request failed, its socket may be gone) sends it back now."""
         lease = self._out.pop(lease_id, None)
+        if lease is not None:
+            self._busy[lease.socket_id] -= 1
         if lease is not None and reuse and lease.keep and not lease.prefetch:
             self._keep(lease)
             self._holds.append((lease_id, False))
@@ -142,8 +150,21 @@ class MemTierClient:
         kept = self._kept.get(expert)
         if not kept:
             return None
-        _, lease = kept.pop()  # the most recently used: the socket most likely still batching it
+        # The most recently kept first: its socket is the most likely to be batching the expert now.
+        index = next(
+            (
+                i
+                for i in range(len(kept) - 1, -1, -1)
+                if self.saturation is None or self._busy[kept[i][1].socket_id] < self.saturation
+            ),
+            None,
+        )
+        if index is None:
+            return None  # every socket holding one is at a full batch: let MemTier place it
+        _, lease = kept[index]
+        del kept[index]
         self._out[lease.lease_id] = lease
+        self._busy[lease.socket_id] += 1
         self._holds.append((lease.lease_id, True))
         self.reused += 1  # the actor hears of it with the next call, within hold_s / 2 (the sweep)
         return lease.model_copy(update={"tier": "hbm", "evict": []})
@@ -234,7 +255,8 @@ class MemTierClient:
             self._sending = False
 
     def _orphan(self, lease: Lease) -> None:
-        self._out.pop(lease.lease_id, None)
+        if self._out.pop(lease.lease_id, None) is not None:
+            self._busy[lease.socket_id] -= 1
         future = asyncio.get_running_loop().create_future()
         self._pending.releases.append(((lease.lease_id, None, None), future))
 

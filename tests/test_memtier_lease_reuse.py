@@ -164,3 +164,24 @@ def test_a_forgotten_socket_or_a_new_memtier_incarnation_drops_the_kept_leases(m
         await memtier.release.remote(again.lease_id)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_a_kept_lease_is_not_reused_onto_a_socket_already_running_a_full_batch_of_ours(memtier) -> None:
+    async def scenario() -> None:
+        client = MemTierClient(memtier, hold_s=30.0, saturation=1)
+        first, second = await asyncio.gather(client.place("b"), client.place("b"))
+        await client.release(first.lease_id)
+        await client.release(second.lease_id)
+        kept_ids = {first.lease_id, second.lease_id}
+        running = await client.place("b")
+        assert running.lease_id in kept_ids  # reused: no request of ours runs there yet
+        placed = await client.place("b")
+        assert placed.lease_id not in kept_ids  # the socket has a full batch of ours: MemTier places it
+        assert client.kept() == 1
+        for lease in (running, placed):
+            await client.release(lease.lease_id, reuse=False)
+        for lease_id in kept_ids:
+            await memtier.release.remote(lease_id)
+
+    asyncio.run(scenario())
