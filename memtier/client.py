@@ -121,9 +121,15 @@ class MemTierClient:
         return await future
 
     def forget_socket(self, socket_id: str) -> None:
-        """A socket failed: its kept leases are void (MemTier drops them with the socket)."""
+        """A socket failed or no replica answers for it: keep no lease there. They go back to
+        MemTier too (a no-op for the ones it voided when it dropped the socket)."""
         kept = [lease for leases in self._kept.values() for _, lease in leases]
-        self._drop_kept({lease.lease_id for lease in kept if lease.socket_id == socket_id})
+        dropped = {lease.lease_id for lease in kept if lease.socket_id == socket_id}
+        self._drop_kept(dropped)
+        for lease_id in dropped:
+            self._pending.releases.append(((lease_id, None, None), _unawaited()))
+        if dropped:
+            self._kick()
 
     def _drop_kept(self, lease_ids: set[str]) -> None:
         for expert, kept in list(self._kept.items()):

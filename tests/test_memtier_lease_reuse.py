@@ -152,8 +152,15 @@ def test_a_forgotten_socket_or_a_new_memtier_incarnation_drops_the_kept_leases(m
         client = MemTierClient(memtier, hold_s=30.0)
         lease = await client.place("c")
         await client.release(lease.lease_id)
+        other = await client.place("a")  # a call to the actor, which carries the idle notice
+        await client.release(other.lease_id, reuse=False)
+        assert [x.lease_id for x in await memtier.idle_leases.remote()] == [lease.lease_id]
         client.forget_socket("s0")
         assert client.kept() == 0
+        deadline = time.monotonic() + 10
+        while await memtier.idle_leases.remote() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await memtier.idle_leases.remote() == []  # given back, not left idle at MemTier
         again = await client.place("c")
         assert again.lease_id != lease.lease_id  # placed by the actor, not reused
         await client.release(again.lease_id)
