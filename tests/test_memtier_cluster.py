@@ -39,7 +39,12 @@ class Rig:
     """A MemTier plus 2x2 socket actors for one test."""
 
     def __init__(
-        self, config: ClusterConfig, *, saturation: int | None = None, socket_timeout_s: float = 2.0
+        self,
+        config: ClusterConfig,
+        *,
+        saturation: int | None = None,
+        socket_timeout_s: float = 2.0,
+        holder_timeout_s: float = 10.0,
     ):
         self.config = config
         self.memtier = start_memtier(
@@ -48,6 +53,7 @@ class Rig:
             config.topology.ddr_per_node,
             saturation=saturation,
             socket_timeout_s=socket_timeout_s,
+            holder_timeout_s=holder_timeout_s,
             place_timeout_s=30.0,
         )
         ray.get(self.memtier.ready.remote())
@@ -259,7 +265,8 @@ def test_concurrent_misses_read_the_store_once(make_rig, tiny_config):
 def test_a_socket_leaves_a_held_lease_to_its_holder(make_rig, tiny_config):
     """A lease with a holder (the ingress, memtier/client.py) is not released by the socket when
     its request ends: the holder keeps it for the next request, so the expert stays pinned."""
-    rig = make_rig(_config(tiny_config, "held"), saturation=1)
+    # The holder never calls again here: a timeout longer than the test keeps its lease its own.
+    rig = make_rig(_config(tiny_config, "held"), saturation=1, holder_timeout_s=600.0)
     held = ray.get(rig.memtier.place.remote("tiny-00", None, "ingress-1"))
     plain = rig.place("tiny-01")
     assert held.holder == "ingress-1" and plain.holder == ""
