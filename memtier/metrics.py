@@ -41,6 +41,11 @@ class MemtierMetrics:
             registry=r,
         )
         self.leases = Gauge("coe:memtier_leases", "Leases in flight (pinned experts).", registry=r)
+        self.lease_reuses = Counter(
+            "coe:memtier_lease_reuses",
+            "Placements an ingress granted from a lease it kept (memtier.lease_hold_s): no MemTier call.",
+            registry=r,
+        )
 
     def hit(self, tier: str) -> None:
         self.hits.labels(tier).inc()
@@ -58,6 +63,9 @@ class MemtierMetrics:
 
     def switched(self, seconds: float, source: str) -> None:
         self.switch_seconds.labels(source).observe(seconds)
+
+    def reused(self) -> None:
+        self.lease_reuses.inc()
 
     def in_flight(self, count: int) -> None:
         self.leases.set(count)

@@ -234,6 +234,7 @@ class MemTierCore:
             return False
         self.idle[lease_id] = lease
         self._idle_at.setdefault((lease.socket_id, lease.expert), set()).add(lease_id)
+        self.metrics.in_flight(len(self.directory.leases))
         return True
 
     def reuse(self, lease_id: str, now_s: float) -> bool:
@@ -261,6 +262,8 @@ class MemTierCore:
         self.lease_granted_s[lease_id] = now_s
         self.stats.leases += 1
         self.stats.lease_reuses += 1
+        self.metrics.reused()
+        self.metrics.in_flight(len(self.directory.leases))
         self.prefetcher.observe(lease.expert)
         return True
 

@@ -52,6 +52,7 @@ def test_a_kept_lease_pins_nothing_and_a_reuse_pins_again_and_counts_a_placement
     core.record(ActivationReport(tier="hbm"))
     assert hbm.is_pinned("a") and core.directory.leases[lease.lease_id].tier == "hbm"
     assert core.stats.leases == 2 and core.stats.lease_reuses == 1 and core.stats.hbm.hits == 1
+    assert core.metrics.lease_reuses._value.get() == 1  # coe:memtier_lease_reuses_total
     assert core.lease_granted_s[lease.lease_id] == 1.0  # the TTL restarts with each request
     assert not core.reuse(lease.lease_id, 1.5)  # in use, not idle: not a reuse to count
     core.keep_idle(lease.lease_id)
