@@ -18,9 +18,9 @@ Two variants share the code:
   over a table of *contextualised* word pieces: each word piece run alone through the
   transformer (`[CLS] piece [SEP]`) and its output vector kept (`contextual_table`, ~20 s once at
   training, shipped in the artifact as `token_table.safetensors`). The two halves are L2-normalised
-  each and concatenated (768 dims). Same per-prompt cost class (two gathers); +1.2 points
-  leave-one-source-out over `"static-idf"` (0.690 -> 0.702), every category at least as good
-  or within noise.
+  each and concatenated (768 dims). Two gathers instead of one (~1.5 ms more p50 at 32 concurrent
+  requests, bench/results/router_load.md); +1.2 points leave-one-source-out over `"static-idf"`
+  (0.690 -> 0.702 on the same corpus; medicine 0.667 -> 0.655, the other seven as good or better).
 
 Same interface as `router.embedding.Encoder`: `encode(texts) -> [N, D]` unit rows, `dim`,
 `name`, `path`. Its table is read from the installed encoder package, never committed.
@@ -75,9 +75,16 @@ def contextual_table() -> torch.Tensor:
     Deterministic for a given encoder and torch build; computed once per process (~20 s on 2 cores).
     """
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     path, _, table, _ = _parts()
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a weights bar is noise in `router.train` output
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     cls, sep = int(model.config.bos_token_id or 101), int(model.config.eos_token_id or 102)
     out = torch.empty_like(table)
     with torch.inference_mode():
