@@ -40,9 +40,10 @@ __all__ = ["FULL_REPORT_BEATS", "MemTierClient"]
 
 MAX_BATCH = 512  # one actor call stays well under a millisecond of bookkeeping at this size
 # A socket whose requests' holder vouches for it (`served`) still sends its residency every this many
-# heartbeats (3 s at the default 1 s, under MemTier's 5 s socket timeout), to correct drift.
-FULL_REPORT_BEATS = 3
+# heartbeats (10 s at the default 1 s), to correct drift; the vouching keeps it alive meanwhile.
+FULL_REPORT_BEATS = 10
 PING_S = 2.0  # a holder with leases calls at least this often (MemTier's holder_timeout_s is 10 s)
+IDLE, REUSED, AGAIN = "idle", "reused", "again"  # what a holder tells MemTier of its kept leases
 
 
 @dataclass
@@ -71,7 +72,11 @@ class MemTierClient:
         self.reused = 0  # placements granted here from a kept lease, with no actor call
         self._out: dict[str, Lease] = {}  # held leases in use by a request now
         self._kept: dict[str, deque[tuple[float, Lease]]] = {}  # expert -> (kept until, lease), oldest first
-        self._holds: list[tuple[str, bool]] = []  # since the last call: (lease, reused) kept idle or reused
+        # Since the last call, in order: (lease, event), event one of IDLE (kept after its request),
+        # REUSED (given to a request after MemTier heard it was idle) or AGAIN (given to a request
+        # before MemTier heard it was idle: the two cancel, MemTier only counts the request).
+        self._holds: list[tuple[str, str]] = []
+        self._unsent_idle: set[str] = set()
         self._memtier_waiting = 0  # placements waiting for room at MemTier, as its last answer said
         self._reports: list[ActivationReport] = []  # of requests whose leases were kept, for stats
         self._served: set[str] = set()  # sockets those requests finished on: alive, said for them
@@ -108,7 +113,8 @@ class MemTierClient:
             self._busy[lease.socket_id] -= 1
         if lease is not None and reuse and lease.keep and not lease.prefetch:
             self._keep(lease)
-            self._holds.append((lease_id, False))
+            self._holds.append((lease_id, IDLE))
+            self._unsent_idle.add(lease_id)
             self._served.add(lease.socket_id)
             if report is not None:
                 self._reports.append(report)  # goes with the next call, within hold_s / 2 (the sweep)
@@ -171,7 +177,12 @@ class MemTierClient:
         del kept[index]
         self._out[lease.lease_id] = lease
         self._busy[lease.socket_id] += 1
-        self._holds.append((lease.lease_id, True))
+        if lease.lease_id in self._unsent_idle:  # MemTier still has it pinned: only count the request
+            self._unsent_idle.discard(lease.lease_id)
+            self._holds.remove((lease.lease_id, IDLE))
+            self._holds.append((lease.lease_id, AGAIN))
+        else:
+            self._holds.append((lease.lease_id, REUSED))
         self.reused += 1  # the actor hears of it with the next call, within hold_s / 2 (the sweep)
         return lease.model_copy(update={"tier": "hbm", "evict": []})
 
@@ -224,6 +235,7 @@ class MemTierClient:
                 del self._pending.places[: len(places)]
                 del self._pending.releases[: len(releases)]
                 holds, self._holds = self._holds, []
+                self._unsent_idle.clear()
                 reports, self._reports = self._reports, []
                 served, self._served = list(self._served), set()
                 self.calls += 1

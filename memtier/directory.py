@@ -259,6 +259,20 @@ class ResidencyDirectory:
         self.leases[lease.lease_id] = lease
         return victims
 
+    def count_request(self, lease: Lease) -> bool:
+        """One more request ran under a lease still pinned (memtier/client.py, lease reuse): count
+        it as `grant` counts one, for the policy and recency. False if its socket is gone."""
+        socket = self.sockets.get(lease.socket_id)
+        if socket is None:
+            return False
+        self.clock += 1
+        socket.last_used = self.clock
+        self.hbm_policy.record(lease.expert)
+        if lease.expert in socket.hbm:
+            socket.hbm.touch(lease.expert)
+        self.table.refresh(socket)  # only its recency changed: no residency index to redo
+        return True
+
     def release(self, lease_id: str) -> Lease | None:
         """Unpin a lease's expert; unknown ids (already released, or voided) are a no-op."""
         lease = self.leases.pop(lease_id, None)

@@ -267,6 +267,19 @@ class MemTierCore:
         self.prefetcher.observe(lease.expert)
         return True
 
+    def reuse_pinned(self, lease_id: str, now_s: float) -> bool:
+        """A kept lease given to another request before MemTier heard it was idle: still pinned,
+        so only the request is counted (placement, the policy's access, recency). False if gone."""
+        lease = self.directory.leases.get(lease_id)
+        if lease is None or not self.directory.count_request(lease):
+            return False
+        self.lease_granted_s[lease_id] = now_s
+        self.stats.leases += 1
+        self.stats.lease_reuses += 1
+        self.metrics.reused()
+        self.prefetcher.observe(lease.expert)
+        return True
+
     def _unidle(self, lease_id: str) -> Lease:
         lease = self.idle.pop(lease_id)
         at = self._idle_at.get((lease.socket_id, lease.expert))
@@ -488,15 +501,17 @@ class MemTier:
         places: list[str],
         releases: list[tuple[str, ActivationReport | None, SocketInfo | None]],
         holder: str = "",
-        holds: list[tuple[str, bool]] | None = None,
+        holds: list[tuple[str, str]] | None = None,
         reports: list[ActivationReport] | None = None,
         served: list[str] | None = None,
     ) -> tuple[list[tuple | BaseException | None], list[bool | BaseException], list[str], int]:
         """Many releases, then many placements, in one actor call (memtier/client.py batches them).
 
         A `holder` (a client that reuses its leases) gets leases it releases itself, and is seen
-        alive. `holds` says, in order, which of its leases it kept idle after a request (False) and
-        which it gave to another request (True) since its last call; `reports` what the requests
+        alive. `holds` says, in order, which of its leases it kept idle after a request ("idle"), gave
+        to another request ("reused"), or gave to another request before this call could say it
+        was idle ("again": still pinned, only the request is counted) since its last call;
+        `reports` what the requests
         whose leases it kept found on their sockets, and `served` the sockets those requests
         finished on: alive, as a heartbeat would say (they skip beats then). The answer adds the
         holder's kept leases revoked by an eviction, and how many placements wait for room (a
@@ -512,11 +527,13 @@ class MemTier:
         now_s = time.monotonic()
         if holder:
             self.core.seen_holder(holder, now_s)
-        for lease_id, reused in holds or ():
-            if reused:
+        for lease_id, event in holds or ():
+            if event == "idle":
+                self.core.keep_idle(lease_id)
+            elif event == "reused":
                 self.core.reuse(lease_id, now_s)
             else:
-                self.core.keep_idle(lease_id)
+                self.core.reuse_pinned(lease_id, now_s)
         for report in reports or ():
             self.core.record(report)
         for socket_id in served or ():

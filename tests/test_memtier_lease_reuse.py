@@ -61,6 +61,16 @@ def test_a_kept_lease_pins_nothing_and_a_reuse_pins_again_and_counts_a_placement
     assert core.held_by["ingress"] == set()
 
 
+def test_a_lease_reused_before_memtier_heard_it_was_idle_only_counts_the_request() -> None:
+    core = _core()
+    lease = core.try_place("a", 0.0, "ingress")
+    assert core.reuse_pinned(lease.lease_id, 1.0)
+    assert core.directory.sockets["s0"].hbm.is_pinned("a") and core.idle == {}
+    assert (core.stats.leases, core.stats.lease_reuses) == (2, 1)
+    core.release(lease.lease_id, None)
+    assert not core.reuse_pinned(lease.lease_id, 2.0) and core.stats.leases == 2
+
+
 def test_an_eviction_revokes_the_idle_leases_kept_on_its_victim() -> None:
     core = _core()
     kept_a = core.try_place("a", 0.0, "ingress")
