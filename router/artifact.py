@@ -151,21 +151,19 @@ def load_artifact(directory: Path) -> tuple[RouterArtifact, CategoryHead]:
 
 def load_token_weights(directory: Path) -> torch.Tensor:
     """The "static-idf" encoder's word-piece weights saved beside the head."""
-    path = directory / TOKEN_WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the artifact's encoder weighs word pieces by them; retrain with "
-            f"`python -m router.train --out {directory}`"
-        )
-    return load_file(path)["token_weights"]
+    return _load_beside_head(directory, TOKEN_WEIGHTS_FILE, "token_weights", "weighs word pieces by them")
 
 
 def load_token_table(directory: Path) -> torch.Tensor:
     """The "static-idf-ctx" encoder's contextualised word-piece table saved beside the head."""
-    path = directory / TOKEN_TABLE_FILE
+    return _load_beside_head(directory, TOKEN_TABLE_FILE, "token_table", "reads it")
+
+
+def _load_beside_head(directory: Path, file_name: str, key: str, use: str) -> torch.Tensor:
+    path = directory / file_name
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing: the artifact's encoder reads it; retrain with "
+            f"{path} is missing: the artifact's encoder {use}; retrain with "
             f"`python -m router.train --out {directory}`"
         )
-    return load_file(path)["token_table"]
+    return load_file(path)[key]
