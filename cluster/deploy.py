@@ -7,7 +7,8 @@ deployment is RUNNING and every socket has registered with memtier, printing the
     ray job submit --working-dir . -- python -m cluster.deploy --config /shared/coe.yaml
 
 A job's working dir does not carry the zoo (it is git-ignored): the config's `store_root` must
-be an absolute path every node mounts.
+be an absolute path every node mounts. Unless the config names a router artifact, the demo router
+is kept there too (`<store_root>/router`, trained by this command if missing).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.config import load_config
+from cluster.config import ClusterConfig, load_config
 from cluster.topology import TopologyMismatch, cluster_sockets, resolve_topology
 
 
@@ -51,6 +52,24 @@ def wait_running(app_name: str, expected_sockets: int, memtier_cluster: str, tim
     raise TimeoutError(f"not RUNNING after {timeout_s}s ({status_text})")
 
 
+def with_router_beside_store(config: ClusterConfig) -> ClusterConfig:
+    """The demo router, when the config names no artifact, lives beside the STORE: trained there now
+    if missing or stale, and named by absolute path for the ingress.
+
+    Under `ray job submit` the job's working dir is unpacked on each node and carries no zoo, so an
+    ingress left to find the demo router itself trained one on its first request: two minutes on
+    2 cores, past any client's timeout. The STORE is the path every node mounts (`store_root`).
+    """
+    if config.router.artifact is not None:
+        return config
+    from router.routing import ensure_default_artifact
+
+    directory = config.store_root_path / "router"
+    ensure_default_artifact(directory)
+    router = config.router.model_copy(update={"artifact": str(directory)})
+    return config.model_copy(update={"router": router})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cluster.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True)
@@ -75,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_topology(config, cluster_sockets(config.topology.device))
     except TopologyMismatch as err:
         return _fail(str(err))
+    config = with_router_beside_store(config)
     deploy_application(config)
     try:
         wait_running(config.serve.app_name, config.topology.total_sockets, config.name, args.timeout_s)

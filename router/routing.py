@@ -205,7 +205,7 @@ def _stale_reason(directory: Path) -> str | None:
     return None
 
 
-def _ensure_default_artifact(directory: Path) -> None:
+def ensure_default_artifact(directory: Path) -> None:
     """Train the default artifact into `directory` if it is missing, so a fresh clone can route.
 
     Written to a temporary sibling folder and renamed into place, so a concurrent reader never sees
@@ -254,7 +254,7 @@ def load_router(
     """
     if path is None:
         directory = router_dir()
-        _ensure_default_artifact(directory)
+        ensure_default_artifact(directory)
     else:
         directory = Path(path).expanduser().resolve()
     artifact, head = load_artifact(directory)

@@ -188,3 +188,24 @@ def test_ray_job_submit_deploys_and_serves_a_chat_request(tmp_path, ray_head_and
     refused = _submit(ray_head_and_worker, too_big)
     assert refused.returncode != 0
     assert "needs 3 node(s) with 2 'coe_socket' resources each" in refused.stdout + refused.stderr
+
+
+def test_the_demo_router_is_kept_beside_the_store_and_named_for_the_ingress(tmp_path, tiny_config):
+    """Under `ray job submit` the working dir carries no zoo: the deploy names the demo router by its
+    path beside the STORE (trained there if missing), so no ingress trains one on a first request."""
+    from cluster.deploy import with_router_beside_store
+    from cluster.paths import router_dir
+    from router.routing import ensure_default_artifact
+
+    router = tiny_config.router.model_copy(update={"artifact": "/x"})
+    named = tiny_config.model_copy(update={"router": router})
+    assert with_router_beside_store(named) is named  # an artifact the config names is left alone
+
+    ensure_default_artifact(router_dir())  # the suite's demo router (trained once per machine)
+    shutil.copytree(router_dir(), tmp_path / "router")
+    trained_at = (tmp_path / "router" / "router.json").stat().st_mtime_ns
+    store = tiny_config.model_copy(update={"store_root": str(tmp_path)})
+    deployed = with_router_beside_store(store)
+    assert deployed.router.artifact == str(tmp_path / "router")
+    assert (tmp_path / "router" / "router.json").stat().st_mtime_ns == trained_at  # current: not retrained
+
