@@ -254,7 +254,7 @@ class MemTierClient:
                     for _, future in places + releases:
                         if not future.done():
                             future.set_exception(err)
-                    if not (self._pending.places or self._pending.releases):
+                    if not self._has_work():
                         break
                     continue
                 for (_, future), result in zip(places, placed, strict=True):

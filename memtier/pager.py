@@ -107,8 +107,7 @@ class MemTierCore:
         voided += [self._unidle(i) for i, lease in list(self.idle.items()) if lease.socket_id == socket_id]
         for lease in voided:
             self.lease_granted_s.pop(lease.lease_id, None)
-            if lease.holder:
-                self.held_by.get(lease.holder, set()).discard(lease.lease_id)
+            self._unhold(lease)
         return voided
 
     def reap(self, now_s: float) -> list[str]:
@@ -259,12 +258,7 @@ class MemTierCore:
             self._revoke(lease.socket_id, self.directory.grant(lease))
         except (AllPinnedError, NeverFitsError):
             return False  # no room beside the pins there now: the socket waits for room itself
-        self.lease_granted_s[lease_id] = now_s
-        self.stats.leases += 1
-        self.stats.lease_reuses += 1
-        self.metrics.reused()
-        self.metrics.in_flight(len(self.directory.leases))
-        self.prefetcher.observe(lease.expert)
+        self._count_reuse(lease, now_s)
         return True
 
     def reuse_pinned(self, lease_id: str, now_s: float) -> bool:
@@ -273,12 +267,22 @@ class MemTierCore:
         lease = self.directory.leases.get(lease_id)
         if lease is None or not self.directory.count_request(lease):
             return False
-        self.lease_granted_s[lease_id] = now_s
+        self._count_reuse(lease, now_s)
+        return True
+
+    def _count_reuse(self, lease: Lease, now_s: float) -> None:
+        """A reused lease's request, counted as a placement (its TTL restarts with it)."""
+        self.lease_granted_s[lease.lease_id] = now_s
         self.stats.leases += 1
         self.stats.lease_reuses += 1
         self.metrics.reused()
+        self.metrics.in_flight(len(self.directory.leases))
         self.prefetcher.observe(lease.expert)
-        return True
+
+    def _unhold(self, lease: Lease) -> None:
+        """The lease is no longer its holder's (released, voided or revoked)."""
+        if lease.holder:
+            self.held_by.get(lease.holder, set()).discard(lease.lease_id)
 
     def _unidle(self, lease_id: str) -> Lease:
         lease = self.idle.pop(lease_id)
@@ -295,20 +299,15 @@ class MemTierCore:
         for expert in evicted:
             for lease_id in list(self._idle_at.get((socket_id, expert), ())):
                 lease = self._unidle(lease_id)
-                self.held_by.get(lease.holder, set()).discard(lease_id)
+                self._unhold(lease)
                 self.revoked.setdefault(lease.holder, []).append(lease_id)
 
     def take_revoked(self, holder: str) -> list[str]:
         return self.revoked.pop(holder, [])
 
-    def record(self, report: ActivationReport) -> None:
-        """A finished request's report whose lease its holder kept (not released): stats only."""
-        self._record(report)
-
     def _release(self, lease_id: str, report: ActivationReport | None) -> bool:
         if lease_id in self.idle:  # a kept lease its holder gave back: nothing is pinned for it
-            lease = self._unidle(lease_id)
-            self.held_by.get(lease.holder, set()).discard(lease_id)
+            self._unhold(self._unidle(lease_id))
             return True
         if lease_id in self._prefetch_leases:  # a prefetch finished: not a request, nothing to record
             expert, _, _ = self._prefetch_leases.pop(lease_id)
@@ -316,15 +315,17 @@ class MemTierCore:
             report = None
         lease = self.directory.release(lease_id)
         self.lease_granted_s.pop(lease_id, None)
-        if lease is not None and lease.holder:
-            self.held_by.get(lease.holder, set()).discard(lease_id)
+        if lease is not None:
+            self._unhold(lease)
         self.metrics.in_flight(len(self.directory.leases))
         if lease is None or report is None:
             return lease is not None
-        self._record(report)
+        self.record(report)
         return True
 
-    def _record(self, report: ActivationReport) -> None:
+    def record(self, report: ActivationReport) -> None:
+        """What a finished request found on its socket, for the stats: sent with its release, or
+        in its holder's batch when the lease was kept (memtier/client.py)."""
         stats = self.stats
         if report.tier == "hbm":
             stats.hbm.hits += 1
