@@ -19,7 +19,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.config import MemtierConfig
 from memtier.lru import AllPinnedError, ByteBudgetLRU
-from memtier.models import HeldObjects
+from memtier.models import HeldObjects, Lease, SocketInfo
+from memtier.node_beats import NodeBeats, NodeBeatsStats
 from memtier.policy import make_policy
 from memtier.store import checkpoint_info, model_config_dict, read_weights
 
@@ -59,6 +60,7 @@ class DDRStore:
         self._locks: dict[str, asyncio.Lock] = {}
         self._room = asyncio.Condition()
         self._memtier = None  # MemTier's handle, looked up once (see _report)
+        self.beats = NodeBeats(self._get_memtier)
 
     def _size(self, expert: str) -> int:
         if expert not in self._sizes:
@@ -155,16 +157,27 @@ class DDRStore:
         cost ~30 ms of a 25 MB expert's ~70 ms fetch (bench.switch `serving_store`). A restarted
         MemTier keeps its name, so the cached handle reaches the new instance.
         """
-        if self.memtier_name is None:
+        try:
+            memtier = self._get_memtier()
+        except ValueError:
             return
+        memtier.ddr_report.remote(self.node_id, self.lru.keys_lru_order(), store_reads, bytes_read, evictions)
+
+    def _get_memtier(self):
+        """MemTier's handle, cached; ValueError while there is none to reach."""
+        if self.memtier_name is None:
+            raise ValueError("this DDR store was started without a MemTier to report to")
         if self._memtier is None:
-            try:
-                self._memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
-            except ValueError:
-                return
-        self._memtier.ddr_report.remote(
-            self.node_id, self.lru.keys_lru_order(), store_reads, bytes_read, evictions
-        )
+            self._memtier = ray.get_actor(self.memtier_name, namespace=NAMESPACE)
+        return self._memtier
+
+    async def beat(self, info: SocketInfo) -> Lease | None:
+        """Relay a heartbeat of a socket on this node to MemTier with its neighbours' (one call per
+        node, memtier/node_beats.py); returns MemTier's answer for it (a prefetch lease or None)."""
+        return await self.beats.beat(info)
+
+    def beat_stats(self) -> NodeBeatsStats:
+        return self.beats.stats
 
     def evict(self, expert: str) -> bool:
         if expert not in self.lru or self.lru.is_pinned(expert):

@@ -28,6 +28,7 @@ class SocketEntry:
     last_used: int = 0  # directory clock tick of the last lease: ties break least recently used first
     last_seen_s: float = 0.0  # monotonic time of the last heartbeat
     kv_cache_bytes: int = 0  # the socket's KV reserve, beside `hbm` (which holds weights only)
+    reported_ns: int = 0  # `SocketInfo.taken_ns` of the newest report adopted (0: none ordered yet)
 
     @property
     def load(self) -> int:
@@ -127,9 +128,14 @@ class ResidencyDirectory:
 
         Leased experts the socket has not loaded yet stay (the lease will load them); anything
         else the directory believed but the socket does not hold is dropped, and anything the
-        socket holds that the directory did not know is adopted in the socket's LRU order.
+        socket holds that the directory did not know is adopted in the socket's LRU order. A report
+        taken before one already adopted is ignored: a heartbeat relayed late (memtier/node_beats.py)
+        must not undo what a later release reported.
         """
         entry = self.sockets[info.socket_id]
+        if info.taken_ns and info.taken_ns < entry.reported_ns:
+            return
+        entry.reported_ns = info.taken_ns
         snapshot = entry.hbm.snapshot()
         pinned = {key: pins for key, _, pins in snapshot if pins}
         reported = [e for e in info.residents if e in self.expert_bytes and e not in pinned]

@@ -24,6 +24,13 @@ class SocketInfo(BaseModel):
     )
     residents: list[str] = Field(default_factory=list, description="Experts materialised now, LRU first.")
     in_use: list[str] = Field(default_factory=list, description="Experts pinned by running requests.")
+    taken_ns: int = Field(
+        0,
+        ge=0,
+        description="When the socket took this report (its monotonic clock, ns): MemTier adopts no report "
+        "older than one it already has, so a heartbeat relayed late cannot undo a newer release's report. "
+        "0: unordered, always adopted.",
+    )
 
 
 class Lease(BaseModel):

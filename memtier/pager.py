@@ -35,7 +35,15 @@ def memtier_actor_name(cluster: str) -> str:
 
 
 _LEASE_FIELDS = (
-    "lease_id", "expert", "socket_id", "node_id", "tier", "size_bytes", "evict", "keep", "holder"
+    "lease_id",
+    "expert",
+    "socket_id",
+    "node_id",
+    "tier",
+    "size_bytes",
+    "evict",
+    "keep",
+    "holder",
 )
 
 
@@ -437,6 +445,9 @@ class MemTier:
         return True
 
     async def heartbeat(self, info: SocketInfo) -> bool:
+        return self._heartbeat(info)
+
+    def _heartbeat(self, info: SocketInfo) -> bool:
         returning_node = info.node_id not in self.core.directory.nodes  # new, or forgotten when it died
         new = self.core.heartbeat(info, time.monotonic())
         if returning_node or info.node_id not in self._ddr_synced:
@@ -563,7 +574,14 @@ class MemTier:
     async def poll(self, info: SocketInfo) -> Lease | None:
         """A socket's heartbeat that may come back with work: an HBM prefetch lease for an idle
         socket (memtier/prefetch.py), which the socket pages in and releases at once."""
-        await self.heartbeat(info)
+        return self._poll(info)
+
+    async def polls(self, infos: list[SocketInfo]) -> list[Lease | None]:
+        """One node's sockets' heartbeats in one call (memtier/node_beats.py); answers in order."""
+        return [self._poll(info) for info in infos]
+
+    def _poll(self, info: SocketInfo) -> Lease | None:
+        self._heartbeat(info)
         core = self.core
         if not (core.prefetcher.hbm_enabled or core.prefetcher.ddr_enabled):
             return None

@@ -19,7 +19,8 @@ import torch
 from cluster.config import ClusterConfig
 from memtier.client import FULL_REPORT_BEATS, MemTierClient
 from memtier.materialize import Materialized
-from memtier.models import ActivationReport, HeldTensors, Lease
+from memtier.models import ActivationReport, HeldTensors, Lease, SocketInfo
+from memtier.node_beats import next_beat_in
 from memtier.pager import NAMESPACE, memtier_actor_name
 from memtier.socket_residency import SocketResidency, current_node_id, ddr_fetcher
 
@@ -67,6 +68,7 @@ class SocketAgent:
         self._warm_task: asyncio.Task | None = None
         self._memtier = None
         self._client: MemTierClient | None = None
+        self._ddr_store = None  # the node's DDR store, which relays heartbeats (set by warm())
         self._last_release_s = float("-inf")  # a release doubles as a heartbeat (see _heartbeat_forever)
         self._last_served_s = float("-inf")  # a held lease's request ended: its holder says we are alive
         self._last_report_s = float("-inf")  # MemTier last got our residency (a beat or a release)
@@ -118,6 +120,7 @@ class SocketAgent:
         )
         try:
             await store.residents.remote()
+            self._ddr_store = store
         except Exception as err:  # the first fetch will retry creating it
             logger.warning("DDR store warm-up failed: %s", err)
         built = 0
@@ -133,7 +136,8 @@ class SocketAgent:
 
     async def _heartbeat_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            # On the node's common grid, so its DDR store relays all its sockets' beats in one call.
+            await asyncio.sleep(next_beat_in(self.heartbeat_s))
             now = time.monotonic()
             if now - self._last_release_s < self.heartbeat_s:
                 # A release carried this socket's report within the period: MemTier knows it is alive
@@ -144,7 +148,7 @@ class SocketAgent:
             if vouched and now - self._last_report_s < FULL_REPORT_BEATS * self.heartbeat_s:
                 continue  # a holder vouched for us; our residency goes at least every FULL_REPORT_BEATS
             try:
-                work = await self._get_memtier().poll.remote(self.residency.info())
+                work = await self._beat(self.residency.info())
                 self._last_report_s = time.monotonic()
             except Exception as err:  # MemTier restarting: keep trying, it will come back
                 logger.warning("memtier heartbeat failed: %s", err)
@@ -152,6 +156,16 @@ class SocketAgent:
                 continue
             if work is not None:  # an HBM prefetch for this idle socket (memtier/prefetch.py)
                 asyncio.get_running_loop().create_task(self._prefetch(work))
+
+    async def _beat(self, info: SocketInfo) -> Lease | None:
+        """Through the node's DDR store, which sends its sockets' beats in one call
+        (memtier/node_beats.py); directly when that store cannot answer in time."""
+        if self._ddr_store is not None:
+            try:
+                return await asyncio.wait_for(self._ddr_store.beat.remote(info), self.heartbeat_s)
+            except Exception as err:  # the store restarting or MemTier away: beat directly this time
+                logger.info("heartbeat relay failed, beating directly: %s", err)
+        return await self._get_memtier().poll.remote(info)
 
     async def _prefetch(self, lease: Lease) -> None:
         """Page a prefetched expert in and release at once: the lease pins it only while it loads."""

@@ -70,6 +70,7 @@ class SocketResidency:
             kv_cache_bytes=self.kv_cache_bytes,
             residents=[e for e in self.lru.keys_lru_order() if e in self.models],
             in_use=[e for e in self.lru.keys_lru_order() if self.lru.is_pinned(e)],
+            taken_ns=time.monotonic_ns(),
         )
 
     def held_tensor_bytes(self) -> HeldTensors:

@@ -275,3 +275,30 @@ def test_a_socket_leaves_a_held_lease_to_its_holder(make_rig, tiny_config):
     assert [lease.lease_id for lease in ray.get(rig.memtier.leases.remote())] == [held.lease_id]
     assert ray.get(rig.memtier.release.remote(held.lease_id))
     assert ray.get(rig.memtier.leases.remote()) == []
+
+
+def test_a_nodes_sockets_heartbeat_through_its_ddr_store_in_shared_calls(make_rig, tiny_config):
+    """Idle sockets beat every 0.3 s on a common grid; each node's DDR store relays its sockets'
+    beats to MemTier in one call (memtier/node_beats.py), and the sockets stay registered well past
+    MemTier's 2 s socket timeout on those relayed beats alone."""
+    rig = make_rig(_config(tiny_config, "relayed"))
+    stores = [rig.ddr(node_id) for node_id in rig.node_ids]
+
+    def beat_stats():
+        return [ray.get(store.beat_stats.remote()) for store in stores]
+
+    # Counted once both sockets of each node relay (a socket beats directly until its warm-up
+    # has found the node's store).
+    start = wait_for(lambda: (stats := beat_stats()) and all(s.calls >= 3 for s in stats) and stats)
+    end = wait_for(
+        lambda: (
+            (stats := beat_stats())
+            and all(e.calls >= s.calls + 6 for s, e in zip(start, stats, strict=True))
+            and stats
+        )
+    )
+    for first, last in zip(start, end, strict=True):
+        assert last.failed_calls == 0
+        # two sockets per node: a relay that coalesced nothing would send one call per beat
+        assert last.beats - first.beats > 1.5 * (last.calls - first.calls), (first, last)
+    assert sorted(s.socket_id for node in rig.status().nodes for s in node.sockets) == sorted(rig.sockets)

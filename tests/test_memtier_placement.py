@@ -684,3 +684,22 @@ def test_empty_stats_and_status_report_budgets_per_node() -> None:
     assert status.nodes[0].residents == ["c"] and status.experts == EXPERTS
     core.release(lease.lease_id, None)
     assert core.status().nodes[0].sockets[0].pinned_bytes == 0
+
+
+def test_a_socket_report_taken_before_an_adopted_one_is_ignored() -> None:
+    """A heartbeat relayed late by the node's store (memtier/node_beats.py) must not undo what a
+    release reported after it was taken; a report with no time (0) is always adopted."""
+    d = two_by_two(EXPERTS)
+
+    def report(residents: list[str], taken_ns: int) -> None:
+        d.sync_socket(
+            SocketInfo(socket_id="s0", node_id="n0", hbm_bytes=3 * MB, residents=residents, taken_ns=taken_ns)
+        )
+
+    report(["a", "b"], taken_ns=200)
+    report(["a"], taken_ns=100)  # older: the socket has loaded b since
+    assert [key for key, _, _ in hbm(d, "s0")] == ["a", "b"]
+    report(["b"], taken_ns=300)  # newer: a was evicted since
+    assert [key for key, _, _ in hbm(d, "s0")] == ["b"]
+    report(["c"], taken_ns=0)
+    assert [key for key, _, _ in hbm(d, "s0")] == ["c"]

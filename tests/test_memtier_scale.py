@@ -22,6 +22,7 @@ from memtier.client import MemTierClient
 from memtier.directory import ResidencyDirectory, SocketEntry, UnknownExpertError
 from memtier.lru import AllPinnedError, NeverFitsError
 from memtier.models import Lease, SocketInfo
+from memtier.node_beats import NodeBeats, next_beat_in
 from memtier.pager import MemTier, lease_from_tuple, lease_tuple
 from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
 
@@ -214,6 +215,58 @@ def test_the_held_mode_reuses_leases_and_leaves_none_behind(local_ray) -> None:
     assert (rate.mode, rate.pairs) == ("actor-held", 300)
     assert 0 < rate.reused_share < 1  # some pairs granted from kept leases, the first ones placed
     assert rate.leases_left == 0  # every kept lease went back once unused
+
+
+@pytest.mark.integration
+def test_the_relayed_mode_sends_each_nodes_heartbeats_in_shared_calls(local_ray) -> None:
+    from bench.memtier_scale import measure_actor
+
+    held = measure_actor(64, 4, 600, 2, 1.0, "held", heartbeat_s=0.2, hold_s=0.2)
+    relayed = measure_actor(64, 4, 600, 2, 1.0, "relayed", heartbeat_s=0.2, hold_s=0.2)
+    assert (relayed.mode, relayed.pairs, relayed.leases_left) == ("actor-relayed", 600, 0)
+    assert 0 < relayed.reused_share < 1
+    # 64 sockets on 8 nodes: at most 8 heartbeat calls per period relayed, one per beat when direct
+    assert 0 < relayed.heartbeat_calls_per_s <= 8 / 0.2 * 1.5
+    assert held.heartbeat_calls_per_s > relayed.heartbeat_calls_per_s
+
+
+@pytest.mark.integration
+def test_a_relay_sends_concurrent_beats_in_one_call_and_answers_each(local_ray) -> None:
+    memtier = MemTier.remote("relay-test", {"a": 1, "b": 1}, 10)
+    relay = NodeBeats(lambda: memtier)
+    infos = [SocketInfo(socket_id=f"s{i}", node_id="n0", hbm_bytes=2) for i in range(8)]
+
+    async def beat_all():
+        return await asyncio.gather(*(relay.beat(info) for info in infos))
+
+    answers = asyncio.run(beat_all())
+    assert len(answers) == 8 and all(a is None or isinstance(a, Lease) for a in answers)
+    assert (relay.stats.beats, relay.stats.calls, relay.stats.failed_calls) == (8, 1, 0)
+    status = ray.get(memtier.status.remote())
+    assert sorted(s.socket_id for node in status.nodes for s in node.sockets) == [f"s{i}" for i in range(8)]
+    ray.kill(memtier)
+
+
+def test_a_relay_without_memtier_fails_every_beat_so_sockets_beat_directly() -> None:
+    def no_memtier():
+        raise ValueError("Failed to look up actor 'coe_memtier_x'")
+
+    relay = NodeBeats(no_memtier, window_s=0.0)
+    infos = [SocketInfo(socket_id=f"s{i}", node_id="n0", hbm_bytes=2) for i in range(3)]
+
+    async def beat_all():
+        return await asyncio.gather(*(relay.beat(info) for info in infos), return_exceptions=True)
+
+    answers = asyncio.run(beat_all())
+    assert all(isinstance(a, ValueError) for a in answers)
+    assert (relay.stats.calls, relay.stats.failed_calls) == (1, 1)
+
+
+@pytest.mark.parametrize("now_s", [10.0, 10.3, 10.999])
+def test_sockets_beat_on_a_grid_shared_across_processes(now_s: float) -> None:
+    # any two processes that sleep next_beat_in(period) wake at the same multiple of the period
+    assert now_s + next_beat_in(1.0, now_s) == pytest.approx(11.0)
+    assert 0 < next_beat_in(0.5, now_s) <= 0.5
 
 
 # --------------------------------------------------------------------------- the bench
