@@ -14,7 +14,9 @@ This bench measures the ceiling with the real code:
   the ingress runs it, keeping each finished lease for ``--hold-s`` to grant the next request for
   its expert locally (lease reuse: such a pair waits for no actor call; the actor hears of it in
   the client's next batch). The sockets then skip a heartbeat only when the client vouched for
-  them and their last full report is under 3 periods old, as SocketAgent does.
+  them and their last full report is under FULL_REPORT_BEATS periods old, as SocketAgent does.
+  ``relayed`` is ``held`` with each node's sockets heartbeating through a real `NodeBeats` relay
+  (memtier/node_beats.py, run by each node's DDR store): one actor call per node and period.
 * ``sim``: a 64-node x 8-socket cluster's placement with the real `MemTierCore`, in virtual time:
   requests arrive at a given rate, hold their socket for a given time, and the hit rate is
   compared with LRU and Belady's OPT on the same trace over the summed HBM.
@@ -56,7 +58,7 @@ RETRIES_PER_RELEASE = 4  # simulation: waiters that retry after one release
 
 
 class Rate(BaseModel):
-    mode: str = Field(description="core | actor-single | actor-batched | actor-held")
+    mode: str = Field(description="core | actor-single | actor-batched | actor-held | actor-relayed")
     sockets: int
     callers: int
     pairs: int
@@ -76,6 +78,17 @@ class Rate(BaseModel):
         0.0, description="actor-held: the share of placements granted from a kept lease, with no actor call."
     )
     leases_left: int = Field(0, description="Actor modes: leases MemTier still held after the run (leaks).")
+    callers_cpu_share: float = Field(
+        0.0,
+        description="Actor modes: CPU seconds of the callers' process (clients, simulated sockets) per wall "
+        "second; near 1.0 the callers, not the authority, bound the wall rate on this box.",
+    )
+    client_calls_per_s: float = Field(
+        0.0, description="Actor modes: place/release/batch calls the callers made per second of the run."
+    )
+    heartbeat_calls_per_s: float = Field(
+        0.0, description="Actor modes: heartbeat calls the authority received per second of the run."
+    )
 
 
 class SimResult(BaseModel):
@@ -185,10 +198,37 @@ def measure_core(sockets: int, callers: int, pairs: int, experts_per_socket: int
 
 
 # --------------------------------------------------------------------------- actor
-async def _heartbeats(memtier, sockets: SimSockets, stop: asyncio.Event, period_s: float = 1.0) -> None:
+def _due_beat(sockets: SimSockets, socket_id: str, now: float, period_s: float) -> SocketInfo | None:
+    """What `socket_id` heartbeats now, or None when SocketAgent would skip this beat: it released a
+    lease within the period (the release carried its report), or a holder vouched for it and its
+    last full report is under FULL_REPORT_BEATS periods old."""
+    if now - sockets.reported_s.get(socket_id, float("-inf")) < period_s:
+        return None
+    vouched = now - sockets.served_s.get(socket_id, float("-inf")) < period_s
+    if vouched and now - sockets.full_s.get(socket_id, float("-inf")) < FULL_REPORT_BEATS * period_s:
+        return None
+    sockets.full_s[socket_id] = now
+    return sockets.infos[socket_id].model_copy(update={"residents": list(sockets.residents[socket_id])})
+
+
+class BeatTally:
+    """Heartbeat calls the authority received so far (read before and after the measured run)."""
+
+    def __init__(self) -> None:
+        self.direct = 0
+        self.relays: list = []  # NodeBeats relays, which count their own calls
+
+    @property
+    def calls(self) -> int:
+        return self.direct + sum(relay.stats.calls for relay in self.relays)
+
+
+async def _heartbeats(
+    memtier, sockets: SimSockets, stop: asyncio.Event, tally: BeatTally, period_s: float = 1.0
+) -> None:
     """Every socket heartbeats what it holds once per period, spread over the period (the load a live
-    cluster adds), unless it released a lease within the period (SocketAgent skips that beat: the
-    release carried its report); each call is awaited before the run ends, so none is left queued."""
+    cluster adds), unless SocketAgent would skip the beat (`_due_beat`); each call is awaited before
+    the run ends, so none is left queued."""
     ids = list(sockets.infos)
     gap_s = period_s / max(1, len(ids))
     calls = []
@@ -197,18 +237,40 @@ async def _heartbeats(memtier, sockets: SimSockets, stop: asyncio.Event, period_
             if stop.is_set():
                 break
             await asyncio.sleep(gap_s)
-            now = time.monotonic()
-            if now - sockets.reported_s.get(socket_id, float("-inf")) < period_s:
-                continue
-            vouched = now - sockets.served_s.get(socket_id, float("-inf")) < period_s
-            if vouched and now - sockets.full_s.get(socket_id, float("-inf")) < FULL_REPORT_BEATS * period_s:
-                continue  # as SocketAgent: a holder said it is alive; residency every few beats
-            sockets.full_s[socket_id] = now
-            info = sockets.infos[socket_id].model_copy(
-                update={"residents": list(sockets.residents[socket_id])}
-            )
-            calls.append(memtier.heartbeat.remote(info))
+            info = _due_beat(sockets, socket_id, time.monotonic(), period_s)
+            if info is not None:
+                calls.append(memtier.heartbeat.remote(info))
+                tally.direct += 1
     await asyncio.gather(*calls)
+
+
+async def _relayed_heartbeats(
+    memtier, sockets: SimSockets, stop: asyncio.Event, tally: BeatTally, period_s: float = 1.0
+) -> None:
+    """As `_heartbeats`, but each simulated node's sockets beat together through a real `NodeBeats`
+    relay (what the node's DDR store does, memtier/node_beats.py): one `MemTier.polls` call per node
+    and period. Nodes beat at phases spread over the period, as machines' clocks are."""
+    from memtier.node_beats import NodeBeats
+
+    by_node: dict[str, list[str]] = {}
+    for socket_id, info in sockets.infos.items():
+        by_node.setdefault(info.node_id, []).append(socket_id)
+    relays = {node_id: NodeBeats(lambda: memtier) for node_id in by_node}
+    tally.relays += relays.values()
+
+    async def node(node_id: str, phase_s: float) -> None:
+        beats = []
+        await asyncio.sleep(phase_s)
+        while not stop.is_set():
+            now = time.monotonic()
+            due = [_due_beat(sockets, socket_id, now, period_s) for socket_id in by_node[node_id]]
+            beats += [asyncio.ensure_future(relays[node_id].beat(info)) for info in due if info is not None]
+            await asyncio.sleep(period_s)
+        await asyncio.gather(*beats)
+
+    if period_s > 0:
+        gap_s = period_s / len(by_node)
+        await asyncio.gather(*(node(node_id, i * gap_s) for i, node_id in enumerate(sorted(by_node))))
 
 
 class SimSockets:
@@ -278,7 +340,8 @@ def measure_actor(
     heartbeat_s: float = 1.0,
     hold_s: float = 0.25,
 ) -> Rate:
-    """Through the real MemTier actor, in the caller's Ray session; `mode` is single, batched or held."""
+    """Through the real MemTier actor, in the caller's Ray session; `mode` is single, batched, held, or
+    relayed (held, with each node's heartbeats in one call, memtier/node_beats.py)."""
     import ray
 
     from memtier.client import MemTierClient
@@ -292,29 +355,36 @@ def measure_actor(
     infos = socket_infos(sockets)
     ray.get([memtier.heartbeat.remote(info) for info in infos])
     trace = trace_for(sockets, experts_per_socket, pairs, s)
-    sim = SimSockets(infos, releases=mode != "held")
+    sim = SimSockets(infos, releases=mode not in ("held", "relayed"))
 
-    async def run() -> tuple[int, float, float, int]:
+    async def run() -> tuple[int, float, float, int, int, int, float, int]:
         if mode == "single":
             client = _SingleCalls(memtier)
         else:
-            client = MemTierClient(memtier, hold_s=hold_s if mode == "held" else 0.0, saturation=SATURATION)
+            holds = mode in ("held", "relayed")
+            client = MemTierClient(memtier, hold_s=hold_s if holds else 0.0, saturation=SATURATION)
         stop = asyncio.Event()
-        beating = asyncio.ensure_future(_heartbeats(memtier, sim, stop, heartbeat_s))
+        beat = _relayed_heartbeats if mode == "relayed" else _heartbeats
+        tally = BeatTally()
+        beating = asyncio.ensure_future(beat(memtier, sim, stop, tally, heartbeat_s))
         await _drive(client, trace[: max(callers * 4, 64)], callers, sim)  # warm-up: connections, imports
         cpu_before = await memtier.cpu_s.remote()
+        callers_cpu_before = time.process_time()
         started = time.perf_counter()
-        reused_before = getattr(client, "reused", 0)
+        reused_before, beats_before = getattr(client, "reused", 0), tally.calls
+        calls_before = getattr(client, "calls", 0)
         done = await _drive(client, trace, callers, sim)
         seconds = time.perf_counter() - started
+        callers_cpu = time.process_time() - callers_cpu_before
         cpu_s = await memtier.cpu_s.remote() - cpu_before
-        reused = getattr(client, "reused", 0) - reused_before
+        reused, beats = getattr(client, "reused", 0) - reused_before, tally.calls - beats_before
+        calls = getattr(client, "calls", 2 * done) - calls_before
         stop.set()
         await beating
         left = await _drain(client, memtier)
-        return done, seconds, cpu_s, reused, left
+        return done, seconds, cpu_s, reused, left, beats, callers_cpu, calls
 
-    done, seconds, cpu_s, reused, left = asyncio.run(run())
+    done, seconds, cpu_s, reused, left, beats, callers_cpu, calls = asyncio.run(run())
     stats = ray.get(memtier.stats.remote())
     ray.kill(memtier)
     return Rate(
@@ -329,6 +399,9 @@ def measure_actor(
         pairs_per_authority_cpu_s=done / cpu_s if cpu_s > 0 else 0.0,
         reused_share=reused / done if done else 0.0,
         leases_left=left,
+        heartbeat_calls_per_s=beats / seconds,
+        callers_cpu_share=callers_cpu / seconds,
+        client_calls_per_s=calls / seconds,
     )
 
 
@@ -428,7 +501,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--experts-per-socket", type=int, default=4, help="catalog size per socket")
     parser.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of expert popularity")
     parser.add_argument(
-        "--modes", default="core,single,batched,held", help="which of core,single,batched,held,sim"
+        "--modes",
+        default="core,single,batched,held,relayed",
+        help="which of core,single,batched,held,relayed,sim",
     )
     parser.add_argument(
         "--hold-s", type=float, default=0.25, help="held mode: how long a finished lease is kept for reuse"
@@ -459,7 +534,7 @@ def run(args: argparse.Namespace) -> ScaleReport:
         for n in sockets:
             rates.append(measure_core(n, GOAL_CALLERS, args.pairs, args.experts_per_socket, args.zipf))
             print(rates[-1].model_dump_json(), flush=True)
-    actor_modes = [m for m in ("single", "batched", "held") if m in modes]
+    actor_modes = [m for m in ("single", "batched", "held", "relayed") if m in modes]
     if actor_modes:
         import ray
 
@@ -529,10 +604,13 @@ def markdown(report: ScaleReport) -> str:
         "core to itself. `core` runs MemTierCore in this process and counts this process's CPU seconds.",
         "",
         "`held` reuses finished leases for the next request of the same expert (memtier/client.py): the "
-        "`reused` column is the share of placements granted that way, with no actor call.",
+        "`reused` column is the share of placements granted that way, with no actor call. `relayed` is "
+        "`held` with each node's socket heartbeats sent in one call by the node's relay "
+        "(memtier/node_beats.py); `beats/s` counts the heartbeat calls the authority received.",
         "",
-        "| mode | sockets | callers | pairs | pairs/s | per authority CPU-s | HBM hit rate | reused |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | sockets | callers | pairs | pairs/s | per authority CPU-s | HBM hit rate | reused "
+        "| beats/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report.rates:
         per_cpu = f"{r.pairs_per_authority_cpu_s:,.0f}" if r.authority_cpu_s else ""
@@ -544,7 +622,8 @@ def markdown(report: ScaleReport) -> str:
             f"{r.pairs_per_s:,.0f}",
             per_cpu,
             f"{r.hbm_hit_rate:.3f}",
-            f"{r.reused_share:.2f}" if r.mode == "actor-held" else "",
+            f"{r.reused_share:.2f}" if r.mode in ("actor-held", "actor-relayed") else "",
+            f"{r.heartbeat_calls_per_s:,.0f}" if r.mode.startswith("actor-") else "",
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     single = {(r.sockets, r.callers): r for r in report.rates if r.mode == "actor-single"}
@@ -553,7 +632,7 @@ def markdown(report: ScaleReport) -> str:
         leaked = sum(r.leases_left for r in actor_runs)
         lines += ["", f"Leases MemTier still held after the actor runs: {leaked} (0: none leaked)."]
     lines += ["", "## Against the goal", ""]
-    for mode in ("actor-batched", "actor-held"):
+    for mode in ("actor-batched", "actor-held", "actor-relayed"):
         goal = next(
             (
                 r
