@@ -36,7 +36,7 @@ from router.metrics import classification_report
 from router.train import embed, out_of_source_logits, training_encoder
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-VARIANTS = ("static", "static-idf", "static-idf/class-balance", "default", "tfidf")
+VARIANTS = ("static", "static-idf", "static-idf-ctx", "static-idf/class-balance", "default", "tfidf")
 # Why 4,000 features: the most frequent words and bigrams of the corpus; a dense [N, 4000] matrix
 # keeps the TF-IDF baseline's head as cheap to fit as the others (a sparse head would need its own code).
 TFIDF_FEATURES = 4000
