@@ -11,6 +11,11 @@ HBM prefetch lease or None), as `MemTier.poll` would have. Liveness is unchanged
 stops beating stops appearing in its node's calls and is reaped as before. A relay that cannot
 answer (its actor restarting, MemTier away) fails the beat, and the socket beats directly
 (memtier/socket_agent.py), so the relay is never a single point of failure.
+
+Measured (bench.memtier_scale, mode ``relayed``, bench/results/memtier_scale_relayed_run{1,2}.md):
+at 512 sockets with lease reuse the authority received 2.2-3.0x fewer heartbeat calls (26-33/s
+against 73-77/s), but its place+release rate moved within the box's noise, since busy sockets
+already skip their beats. The saving is whole for idle sockets: 8 beats, one call.
 """
 
 from __future__ import annotations
