@@ -322,11 +322,15 @@ class _SingleCalls:
 
     def __init__(self, memtier) -> None:
         self.memtier = memtier
+        self.calls = 0  # as MemTierClient counts them
+        self.reused = 0  # it never keeps a lease
 
     async def place(self, expert: str) -> Lease:
+        self.calls += 1
         return await self.memtier.place.remote(expert)
 
     async def release(self, lease_id: str, report: ActivationReport, socket: SocketInfo) -> bool:
+        self.calls += 1
         return await self.memtier.release.remote(lease_id, report, socket)
 
 
@@ -355,13 +359,14 @@ def measure_actor(
     infos = socket_infos(sockets)
     ray.get([memtier.heartbeat.remote(info) for info in infos])
     trace = trace_for(sockets, experts_per_socket, pairs, s)
-    sim = SimSockets(infos, releases=mode not in ("held", "relayed"))
+    holds = mode in ("held", "relayed")
+    sim = SimSockets(infos, releases=not holds)
 
-    async def run() -> tuple[int, float, float, int, int, int, float, int]:
+    async def run() -> dict:
+        """The run's counts, as Rate fields."""
         if mode == "single":
             client = _SingleCalls(memtier)
         else:
-            holds = mode in ("held", "relayed")
             client = MemTierClient(memtier, hold_s=hold_s if holds else 0.0, saturation=SATURATION)
         stop = asyncio.Event()
         beat = _relayed_heartbeats if mode == "relayed" else _heartbeats
@@ -370,38 +375,37 @@ def measure_actor(
         await _drive(client, trace[: max(callers * 4, 64)], callers, sim)  # warm-up: connections, imports
         cpu_before = await memtier.cpu_s.remote()
         callers_cpu_before = time.process_time()
+        reused_before, beats_before, calls_before = client.reused, tally.calls, client.calls
         started = time.perf_counter()
-        reused_before, beats_before = getattr(client, "reused", 0), tally.calls
-        calls_before = getattr(client, "calls", 0)
         done = await _drive(client, trace, callers, sim)
         seconds = time.perf_counter() - started
         callers_cpu = time.process_time() - callers_cpu_before
         cpu_s = await memtier.cpu_s.remote() - cpu_before
-        reused, beats = getattr(client, "reused", 0) - reused_before, tally.calls - beats_before
-        calls = getattr(client, "calls", 2 * done) - calls_before
+        reused, beats, calls = (
+            client.reused - reused_before,
+            tally.calls - beats_before,
+            client.calls - calls_before,
+        )
         stop.set()
         await beating
-        left = await _drain(client, memtier)
-        return done, seconds, cpu_s, reused, left, beats, callers_cpu, calls
+        return {
+            "pairs": done,
+            "seconds": seconds,
+            "pairs_per_s": done / seconds,
+            "authority_cpu_s": cpu_s,
+            "pairs_per_authority_cpu_s": done / cpu_s if cpu_s > 0 else 0.0,
+            "reused_share": reused / done if done else 0.0,
+            "leases_left": await _drain(client, memtier),
+            "heartbeat_calls_per_s": beats / seconds,
+            "callers_cpu_share": callers_cpu / seconds,
+            "client_calls_per_s": calls / seconds,
+        }
 
-    done, seconds, cpu_s, reused, left, beats, callers_cpu, calls = asyncio.run(run())
+    counts = asyncio.run(run())
     stats = ray.get(memtier.stats.remote())
     ray.kill(memtier)
     return Rate(
-        mode=f"actor-{mode}",
-        sockets=sockets,
-        callers=callers,
-        pairs=done,
-        seconds=seconds,
-        pairs_per_s=done / seconds,
-        hbm_hit_rate=stats.hbm_hit_rate,
-        authority_cpu_s=cpu_s,
-        pairs_per_authority_cpu_s=done / cpu_s if cpu_s > 0 else 0.0,
-        reused_share=reused / done if done else 0.0,
-        leases_left=left,
-        heartbeat_calls_per_s=beats / seconds,
-        callers_cpu_share=callers_cpu / seconds,
-        client_calls_per_s=calls / seconds,
+        mode=f"actor-{mode}", sockets=sockets, callers=callers, hbm_hit_rate=stats.hbm_hit_rate, **counts
     )
 
 
