@@ -391,9 +391,7 @@ def main(argv: Sequence[str] | None = None) -> CompareReport:
             flush=True,
         )
     sizes = {e.id: e.size_bytes for e in config.experts}
-    opt = opt_hit_rates(
-        [s.model for s in specs], sizes, config.topology.total_hbm_bytes
-    )
+    opt = opt_hit_rates([s.model for s in specs], sizes, config.topology.total_hbm_bytes)
     report = build_report(runs, settings, opt, command)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(report.model_dump_json(indent=2) + "\n")

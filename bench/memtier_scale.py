@@ -40,6 +40,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from bench.workloads import zipf_trace
+from cluster.config import MemtierConfig
 from memtier.client import FULL_REPORT_BEATS
 from memtier.models import ActivationReport, Lease, SocketInfo
 from memtier.pager import MemTierCore
@@ -342,7 +343,7 @@ def measure_actor(
     s: float,
     mode: str,
     heartbeat_s: float = 1.0,
-    hold_s: float = 0.25,
+    hold_s: float = MemtierConfig().lease_hold_s,
 ) -> Rate:
     """Through the real MemTier actor, in the caller's Ray session; `mode` is single, batched, held, or
     relayed (held, with each node's heartbeats in one call, memtier/node_beats.py)."""
@@ -510,7 +511,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="which of core,single,batched,held,relayed,sim",
     )
     parser.add_argument(
-        "--hold-s", type=float, default=0.25, help="held mode: how long a finished lease is kept for reuse"
+        "--hold-s",
+        type=float,
+        default=MemtierConfig().lease_hold_s,
+        help="held mode: how long a finished lease is kept for reuse (default: the ingress's lease_hold_s)",
     )
     parser.add_argument(
         "--heartbeat-s", type=float, default=1.0, help="each simulated socket's heartbeat period (0: none)"

@@ -79,6 +79,7 @@ class MemTierClient:
         self._unsent_idle: set[str] = set()
         self._memtier_waiting = 0  # placements waiting for room at MemTier, as its last answer said
         self._reports: list[ActivationReport] = []  # of requests whose leases were kept, for stats
+        self._hits = 0  # of those, plain HBM hits: sent as a count (most held requests are hits)
         self._served: set[str] = set()  # sockets those requests finished on: alive, said for them
         self._sweeper: asyncio.Task | None = None
         self._last_call_s = float("-inf")
@@ -116,8 +117,10 @@ class MemTierClient:
             self._holds.append((lease_id, IDLE))
             self._unsent_idle.add(lease_id)
             self._served.add(lease.socket_id)
-            if report is not None:
-                self._reports.append(report)  # goes with the next call, within hold_s / 2 (the sweep)
+            if report is not None and _plain_hit(report):
+                self._hits += 1  # goes with the next call, within hold_s / 2 (the sweep)
+            elif report is not None:
+                self._reports.append(report)
             if self._memtier_waiting:
                 self._kick()  # a placement waits for room at MemTier: unpinning this one may give it
             return True
@@ -209,7 +212,7 @@ class MemTierClient:
                     expired = True
                 if not kept:
                     del self._kept[expert]
-            if expired or self._holds or self._reports or now - self._last_call_s > PING_S:
+            if expired or self._holds or self._reports or self._hits or now - self._last_call_s > PING_S:
                 self._kick()
 
     # ------------------------------------------------------------------ batching
@@ -220,7 +223,8 @@ class MemTierClient:
         return future
 
     def _has_work(self) -> bool:
-        return bool(self._pending.places or self._pending.releases or self._holds or self._reports)
+        pending = self._pending
+        return bool(pending.places or pending.releases or self._holds or self._reports or self._hits)
 
     def _kick(self) -> None:
         if not self._sending:
@@ -237,6 +241,7 @@ class MemTierClient:
                 holds, self._holds = self._holds, []
                 self._unsent_idle.clear()
                 reports, self._reports = self._reports, []
+                hits, self._hits = self._hits, 0
                 served, self._served = list(self._served), set()
                 self.calls += 1
                 self._last_call_s = time.monotonic()
@@ -248,6 +253,7 @@ class MemTierClient:
                         holds,
                         reports,
                         served,
+                        hits,
                     )
                 except Exception as err:  # the actor call itself failed: every caller sees it
                     self._kept.clear()  # a restarted MemTier knows none of them
@@ -277,6 +283,12 @@ class MemTierClient:
             self._busy[lease.socket_id] -= 1
         future = asyncio.get_running_loop().create_future()
         self._pending.releases.append(((lease.lease_id, None, None), future))
+
+
+def _plain_hit(report: ActivationReport) -> bool:
+    """A request that found its expert in HBM and changed nothing: all MemTier records of it is
+    one hit, so it travels as a count: no report to pickle here or to unpickle at the authority."""
+    return report.tier == "hbm" and not report.evicted and not report.bytes_moved and not report.store_read
 
 
 def _unawaited() -> asyncio.Future:

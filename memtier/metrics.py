@@ -47,8 +47,9 @@ class MemtierMetrics:
             registry=r,
         )
 
-    def hit(self, tier: str) -> None:
-        self.hits.labels(tier).inc()
+    def hit(self, tier: str, count: int = 1) -> None:
+        if count:
+            self.hits.labels(tier).inc(count)
 
     def miss(self, tier: str) -> None:
         self.misses.labels(tier).inc()

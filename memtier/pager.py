@@ -331,6 +331,12 @@ class MemTierCore:
         self.record(report)
         return True
 
+    def record_hits(self, count: int) -> None:
+        """`count` requests that found their expert in HBM and moved nothing: what `record` counts
+        for such a report, sent by a holder as one number (memtier/client.py)."""
+        self.stats.hbm.hits += count
+        self.metrics.hit("hbm", count)
+
     def record(self, report: ActivationReport) -> None:
         """What a finished request found on its socket, for the stats: sent with its release, or
         in its holder's batch when the lease was kept (memtier/client.py)."""
@@ -516,6 +522,7 @@ class MemTier:
         holds: list[tuple[str, str]] | None = None,
         reports: list[ActivationReport] | None = None,
         served: list[str] | None = None,
+        hits: int = 0,
     ) -> tuple[list[tuple | BaseException | None], list[bool | BaseException], list[str], int]:
         """Many releases, then many placements, in one actor call (memtier/client.py batches them).
 
@@ -524,7 +531,8 @@ class MemTier:
         to another request ("reused"), or gave to another request before this call could say it
         was idle ("again": still pinned, only the request is counted) since its last call;
         `reports` what the requests
-        whose leases it kept found on their sockets, and `served` the sockets those requests
+        whose leases it kept found on their sockets (`hits` counts those that were plain HBM hits,
+        most of them, so they cost no report on the wire), and `served` the sockets those requests
         finished on: alive, as a heartbeat would say (they skip beats then). The answer adds the
         holder's kept leases revoked by an eviction, and how many placements wait for room (a
         holder then sends its idle leases at once: they free room).
@@ -548,6 +556,7 @@ class MemTier:
                 self.core.reuse_pinned(lease_id, now_s)
         for report in reports or ():
             self.core.record(report)
+        self.core.record_hits(hits)
         for socket_id in served or ():
             self.core.seen_socket(socket_id, now_s)
         for lease_id, report, socket in releases:
