@@ -12,8 +12,8 @@ import time
 import pytest
 import ray
 
-from memtier.client import MemTierClient
-from memtier.models import ActivationReport, SocketInfo
+from memtier.client import MemTierClient, _KeptLeases
+from memtier.models import ActivationReport, Lease, SocketInfo
 from memtier.pager import MemTier, MemTierCore
 
 EXPERTS = {"a": 1, "b": 1, "c": 1}
@@ -112,6 +112,31 @@ def test_a_voided_held_lease_leaves_its_holders_set() -> None:
     voided = core.drop_socket("s0")
     assert {x.lease_id for x in voided} == {lease.lease_id, idle.lease_id}
     assert core.held_by["ingress"] == set() and core.idle == {} and core.directory.leases == {}
+
+
+# --------------------------------------------------------------------------- the client's kept leases
+def _held(lease_id: str, expert: str, socket_id: str) -> Lease:
+    return Lease(
+        lease_id=lease_id, expert=expert, socket_id=socket_id, node_id="n0", tier="hbm", size_bytes=1
+    )
+
+
+def test_kept_leases_give_the_newest_usable_one_drop_by_id_and_expire_oldest_first() -> None:
+    kept = _KeptLeases()
+    for lease_id, expert, socket_id, until in [
+        ("l1", "a", "s0", 1.0),
+        ("l2", "a", "s1", 2.0),
+        ("l3", "b", "s0", 3.0),
+    ]:
+        kept.add(_held(lease_id, expert, socket_id), until)
+    assert kept.take("a", lambda socket_id: socket_id != "s1").lease_id == "l1"  # l2's socket is full
+    assert kept.take("a", lambda socket_id: True).lease_id == "l2" and kept.take("a", lambda s: True) is None
+    kept.add(_held("l4", "a", "s1"), 4.0)
+    kept.drop(["l3", "unknown"])  # a revocation: only the named lease goes
+    assert len(kept) == 1 and kept.on_socket("s0") == set() and kept.on_socket("s1") == {"l4"}
+    kept.add(_held("l5", "b", "s1"), 5.0)
+    assert [lease.lease_id for lease in kept.expired(4.5)] == ["l4"]
+    assert len(kept) == 1 and kept.take("b", lambda s: True).lease_id == "l5" and len(kept) == 0
 
 
 # --------------------------------------------------------------------------- the client, on a real actor
