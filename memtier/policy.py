@@ -27,12 +27,22 @@ is within 0.01 of the better of LRU and LFU or above it, and >= 0.88x Belady's O
 stationary Zipf; a fixed lambda loses up to 0.06 to LRU on session traces, LFU-DA up to 0.1 to
 LFU on stationary Zipf. W-TinyLFU and S3-FIFO were not adopted: their 1% window and 10% small
 queue are less than one expert at HBM budgets of 2-8 experts.
+
+At cluster scale (one policy ranks every socket's HBM: 1,024 experts' worth at 64 nodes x 8
+sockets) the shadows replay a *spatial sample* of the experts, as SHARDS does for miss-ratio
+curves (C. Waldspurger et al., "Efficient MRC Construction with SHARDS", FAST 2015): an expert is
+in the sample when a hash of its name falls under 2^-k, and each shadow simulates 2^-k of the
+budget on the sampled experts' requests only. Hit ratios, and so which lambda hits best, carry
+over; the CRF of every expert is still kept at every lambda (ranking needs it), which costs a
+fraction of a shadow's replay. Up to `FULL_SHADOW_EXPERTS` experts' worth of budget the sample
+is everything, so every small-budget result in bench.policy is unchanged.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from cluster.config import MemtierConfig
@@ -44,6 +54,9 @@ __all__ = ["AdaptiveLRFU", "EvictionPolicy", "LRUPolicy", "make_policy"]
 # 0.004 of an 8-shadow one (factor 4 apart), and a 4-shadow grid (factor 16) came within 0.009 of
 # the LRU/LFU goal line.
 DEFAULT_HALF_LIVES: tuple[float, ...] = (math.inf, 2048, 256, 32, 8, 1)
+# Shadows replay every request while the budget holds at most this many (mean-sized) experts; past
+# it, a 2^-k sample of the experts whose scaled budget holds about this many (SHARDS, above).
+FULL_SHADOW_EXPERTS = 128
 
 
 class EvictionPolicy:
@@ -150,6 +163,14 @@ class _Shadow:
             heapq.heapify(self._heap)
         return hit
 
+    def empty(self, capacity_bytes: int) -> None:
+        """Forget what the shadow holds (its CRFs stay): the sample it replays changed."""
+        self.capacity_bytes = capacity_bytes
+        self.resident.clear()
+        self.used_bytes = 0
+        self._heap.clear()
+        self._score.clear()
+
     def _evict_one(self) -> None:
         while True:
             score, t, key = heapq.heappop(self._heap)
@@ -181,9 +202,13 @@ class AdaptiveLRFU(EvictionPolicy):
         self.admission = admission
         self.shadows = [_Shadow(h, capacity_bytes) for h in half_lives]
         self.scores = [0.0] * len(half_lives)
-        self._forget = 2.0 ** (-1.0 / score_half_life)
+        self._forget = 2.0 ** (-1.0 / score_half_life)  # per sampled request
         self.leader = 0
         self.now = 0
+        self.capacity_bytes = 0
+        self.sample_bits = 0  # the shadows replay the experts whose hash is 0 mod 2^sample_bits
+        self._sampled: dict[Hashable, bool] = {}
+        self.resize(capacity_bytes)
 
     @property
     def half_life(self) -> float:
@@ -197,6 +222,13 @@ class AdaptiveLRFU(EvictionPolicy):
 
     def record(self, key: Hashable) -> None:
         self.now = now = self.now + 1
+        sampled = self._sampled.get(key)
+        if sampled is None:
+            sampled = self._sampled[key] = _in_sample(key, self.sample_bits)
+        if not sampled:  # outside the shadows' sample: only its CRFs move
+            for shadow in self.shadows:
+                shadow.crf.hit(key, now)
+            return
         size_bytes = self.sizes.get(key, 1)
         log2_weight = math.log2(self.weight(key, size_bytes))
         scores, forget = self.scores, self._forget
@@ -226,8 +258,29 @@ class AdaptiveLRFU(EvictionPolicy):
         return any(mine >= self.value(v, s) for v, s in victims)
 
     def resize(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        bits = _sample_bits(capacity_bytes, self.sizes)
+        if bits != self.sample_bits:  # another sample: what the shadows hold no longer applies
+            self.sample_bits = bits
+            self._sampled.clear()
+            for shadow in self.shadows:
+                shadow.empty(capacity_bytes >> bits)
         for shadow in self.shadows:
-            shadow.capacity_bytes = capacity_bytes
+            shadow.capacity_bytes = capacity_bytes >> bits
+
+
+def _sample_bits(capacity_bytes: int, sizes: Mapping[Hashable, int]) -> int:
+    """k such that 2^-k of the budget holds about FULL_SHADOW_EXPERTS mean-sized experts (0 below)."""
+    if not sizes:
+        return 0
+    mean_bytes = max(1.0, sum(sizes.values()) / len(sizes))
+    experts = capacity_bytes / mean_bytes
+    return max(0, int(math.log2(experts / FULL_SHADOW_EXPERTS))) if experts > FULL_SHADOW_EXPERTS else 0
+
+
+def _in_sample(key: Hashable, bits: int) -> bool:
+    """A stable hash (not Python's salted `hash`), so replays and restarts sample the same experts."""
+    return bits == 0 or zlib.crc32(str(key).encode()) & ((1 << bits) - 1) == 0
 
 
 def make_policy(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -100,6 +101,30 @@ def test_the_half_life_follows_the_traffic() -> None:
         chatty.record(key)
     assert stationary.half_life >= 1024  # frequency pays on a stationary skew
     assert chatty.half_life <= 16  # recency pays when each conversation sticks to one expert
+
+
+def test_at_cluster_scale_the_shadows_replay_a_sample_and_still_follow_the_traffic() -> None:
+    """1,024 experts' worth of budget: the shadows replay a 1/8 sample at 1/8 of the budget (SHARDS),
+    every expert still has a CRF to be ranked by, and the half-life still follows the traffic."""
+    experts = [f"e{i:04d}" for i in range(4096)]
+    sizes = dict.fromkeys(experts, 1)
+    stationary = AdaptiveLRFU(1024, sizes)
+    assert stationary.sample_bits == 3 and all(s.capacity_bytes == 128 for s in stationary.shadows)
+    trace = zipf_trace(experts, 30_000, 1.0, seed=0)
+    for key in trace:
+        stationary.record(key)
+    sampled = {k for k in set(trace) if zlib.crc32(k.encode()) % 8 == 0}
+    assert 0 < len(sampled) < len(set(trace)) / 4
+    assert all(set(s.resident) <= sampled and s.used_bytes <= 128 for s in stationary.shadows)
+    assert all(stationary.value(k, 1) > 0 for k in set(trace) - sampled)  # ranked though not replayed
+    assert stationary.half_life >= 1024
+    chatty = AdaptiveLRFU(1024, sizes)
+    for key in session_trace(experts, 30_000, 0.0, seed=0, concurrent=1024, mean_turns=8):
+        chatty.record(key)
+    assert not math.isinf(chatty.half_life)  # popularity is flat, sessions repeat: recency pays
+    assert chatty.scores[0] < 0.8 * max(chatty.scores)  # the LFU shadow hits clearly less
+    chatty.resize(100)  # sockets left: the whole catalog is replayed again, at the whole budget
+    assert chatty.sample_bits == 0 and all(s.capacity_bytes == 100 and not s.resident for s in chatty.shadows)
 
 
 def test_equal_scores_evict_the_bigger_expert_first_when_misses_have_a_fixed_cost() -> None:
