@@ -151,8 +151,10 @@ def trace_for(sockets: int, experts_per_socket: int, n: int, s: float, seed: int
 
 
 def report_for(lease: Lease) -> ActivationReport:
-    """What the socket would say: a hit, or a page-in from where placement said."""
-    return ActivationReport(tier=lease.tier, store_read=lease.tier == "store", bytes_moved=lease.size_bytes)
+    """What the socket would say (memtier/socket_residency.py): a hit moves nothing; a page-in moves
+    the expert's bytes from where placement said."""
+    moved = 0 if lease.tier == "hbm" else lease.size_bytes
+    return ActivationReport(tier=lease.tier, store_read=lease.tier == "store", bytes_moved=moved)
 
 
 def info_of(core: MemTierCore, socket_id: str) -> SocketInfo:
@@ -231,17 +233,22 @@ async def _heartbeats(
     cluster adds), unless SocketAgent would skip the beat (`_due_beat`); each call is awaited before
     the run ends, so none is left queued."""
     ids = list(sockets.infos)
-    gap_s = period_s / max(1, len(ids))
+    # Ticks of 10 ms, each beating its share of the sockets: spread over the period as one beat per
+    # socket would be, without waking this process (the callers') 512 times a second.
+    ticks = max(1, min(len(ids), round(period_s / 0.01)))
+    groups = [ids[k::ticks] for k in range(ticks)]
     calls = []
     while period_s > 0 and not stop.is_set():
-        for socket_id in ids:
+        for group in groups:
             if stop.is_set():
                 break
-            await asyncio.sleep(gap_s)
-            info = _due_beat(sockets, socket_id, time.monotonic(), period_s)
-            if info is not None:
-                calls.append(memtier.heartbeat.remote(info))
-                tally.direct += 1
+            await asyncio.sleep(period_s / ticks)
+            now = time.monotonic()
+            for socket_id in group:
+                info = _due_beat(sockets, socket_id, now, period_s)
+                if info is not None:
+                    calls.append(memtier.heartbeat.remote(info))
+                    tally.direct += 1
     await asyncio.gather(*calls)
 
 
