@@ -238,9 +238,13 @@ class MemTierClient:
         else:
             self._holds.append((lease.lease_id, REUSED))
         self.reused += 1  # the actor hears of it with the next call, within hold_s / 2 (the sweep)
-        return lease.model_copy(update={"tier": "hbm", "evict": []})
+        return lease
 
     def _keep(self, lease: Lease) -> None:
+        """Kept as its next request will see it: an HBM hit that evicts nothing (copied once, not at
+        every reuse; one request at a time holds it)."""
+        if lease.tier != "hbm" or lease.evict:
+            lease = lease.model_copy(update={"tier": "hbm", "evict": []})
         self._kept.add(lease, time.monotonic() + self.hold_s)
         self._ensure_sweeper()
 

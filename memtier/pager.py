@@ -102,6 +102,7 @@ class MemTierCore:
         self.stats = MemtierStats()
         self._switch_s: deque[float] = deque(maxlen=20_000)
         self.metrics = MemtierMetrics(cluster)
+        self.metrics.count_leases_with(lambda: len(self.directory.leases))
 
     # ------------------------------------------------------------------ sockets
     def heartbeat(self, info: SocketInfo, now_s: float) -> bool:
@@ -171,7 +172,6 @@ class MemTierCore:
         if holder:
             self.held_by.setdefault(holder, set()).add(lease.lease_id)
         self.stats.leases += 1
-        self.metrics.in_flight(len(self.directory.leases))
         self.prefetcher.observe(expert)
         self.prefetcher.on_demand(expert, lease.socket_id, lease.node_id, tier)
         if tier == "store":
@@ -241,7 +241,6 @@ class MemTierCore:
             return False
         self.idle[lease_id] = lease
         self._idle_at.setdefault((lease.socket_id, lease.expert), set()).add(lease_id)
-        self.metrics.in_flight(len(self.directory.leases))
         return True
 
     def reuse(self, lease_id: str, now_s: float) -> bool:
@@ -284,7 +283,6 @@ class MemTierCore:
         self.stats.leases += 1
         self.stats.lease_reuses += 1
         self.metrics.reused()
-        self.metrics.in_flight(len(self.directory.leases))
         self.prefetcher.observe(lease.expert)
 
     def _unhold(self, lease: Lease) -> None:
@@ -325,7 +323,6 @@ class MemTierCore:
         self.lease_granted_s.pop(lease_id, None)
         if lease is not None:
             self._unhold(lease)
-        self.metrics.in_flight(len(self.directory.leases))
         if lease is None or report is None:
             return lease is not None
         self.record(report)

@@ -225,7 +225,10 @@ def test_memtier_families_count_tiers_and_show_residency_per_socket():
     )
     lease = core.try_place("a", now_s=1.0)
     assert isinstance(lease, Lease) and lease.tier == "hbm"
+    leases_now = lambda: value(scrape(core.metrics.families(core.directory.status())), "coe:memtier_leases")  # noqa: E731
+    assert leases_now() == 1  # read at the scrape: in flight now
     core.release(lease.lease_id, ActivationReport(tier="hbm"))
+    assert leases_now() == 0
     core.directory.sync_socket(SocketInfo(socket_id="s1", node_id="n1", hbm_bytes=300, residents=["a"]))
     samples = scrape(core.metrics.families(core.directory.status()))
     assert value(samples, "coe:memtier_hits_total", tier="hbm") == 1
