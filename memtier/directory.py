@@ -171,9 +171,12 @@ class ResidencyDirectory:
         node.ddr = rebuilt
         self._ddr_changed(node)
 
-    def _changed(self, entry: SocketEntry) -> None:
-        """Refresh placement's indexes after `entry`'s leases or HBM changed."""
+    def _changed(self, entry: SocketEntry, residents: bool = True) -> None:
+        """Refresh placement's indexes after `entry`'s leases or HBM changed; `residents` False: which
+        experts it holds did not (a pin or an unpin only), so the holder index stands."""
         self.table.refresh(entry)
+        if not residents:
+            return
         now = set(entry.hbm.keys_lru_order())
         if now != entry.indexed:
             for expert in entry.indexed - now:
@@ -241,8 +244,11 @@ class ResidencyDirectory:
         `lease.keep` False when the policy's admission test refuses to keep a page-in."""
         socket = self.sockets[lease.socket_id]
         ddr = self.node(lease.node_id).ddr
-        # Check both tiers before changing either, so a refusal leaves no orphan pin behind.
-        socket.hbm.plan_insert(lease.expert, lease.size_bytes)
+        # Check both tiers before changing either, so a refusal leaves no orphan pin behind. An expert
+        # resident at its size (a reuse, most leases) needs no check: pinning it cannot fail.
+        resident = lease.expert in socket.hbm and socket.hbm.size_of(lease.expert) == lease.size_bytes
+        if not resident:
+            socket.hbm.plan_insert(lease.expert, lease.size_bytes)
         if lease.tier != "hbm" and lease.expert not in ddr:
             ddr.plan_insert(lease.expert, lease.size_bytes)
         self.clock += 1
@@ -255,7 +261,7 @@ class ResidencyDirectory:
             lease.keep = self.hbm_policy.admit(lease.expert, lease.size_bytes, sizes)
         socket.hbm.touch(lease.expert)
         socket.leases.add(lease.lease_id)
-        self._changed(socket)
+        self._changed(socket, residents=not resident)
         if lease.tier != "hbm":
             if lease.expert not in ddr:
                 ddr.insert(lease.expert, lease.size_bytes)
@@ -287,12 +293,14 @@ class ResidencyDirectory:
         socket = self.sockets.get(lease.socket_id)
         if socket is not None:
             socket.leases.discard(lease_id)
+            dropped = False
             if lease.expert in socket.hbm and socket.hbm.is_pinned(lease.expert):
                 socket.hbm.unpin(lease.expert)
                 socket.hbm.touch(lease.expert)
                 if not lease.keep and not socket.hbm.is_pinned(lease.expert):
                     socket.hbm.remove(lease.expert)  # admission refused: the socket drops it too
-            self._changed(socket)
+                    dropped = True
+            self._changed(socket, residents=dropped)
         self._unpin_ddr(lease)
         return lease
 
