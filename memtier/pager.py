@@ -22,7 +22,7 @@ from memtier.directory import ResidencyDirectory, UnknownExpertError
 from memtier.head import on_head_node
 from memtier.lru import AllPinnedError, NeverFitsError
 from memtier.metrics import MemtierMetrics
-from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo
+from memtier.models import ActivationReport, Lease, MemtierStats, MemtierStatus, SocketInfo, Tier
 from memtier.placement import NeverPlaceable, NoCapacityNow, choose_socket
 from memtier.prefetch import Prefetcher, PrefetchPlan
 
@@ -255,12 +255,14 @@ class MemTierCore:
         socket = self.directory.sockets.get(lease.socket_id)
         if socket is None:
             return False
-        lease.evict = []
+        if lease.evict:  # (pydantic assignments cost microseconds: only what changes)
+            lease.evict = []
+        tier: Tier = "hbm"
         if lease.expert not in socket.hbm:
             node = self.directory.nodes.get(lease.node_id)
-            lease.tier = "ddr" if node is not None and lease.expert in node.ddr else "store"
-        else:
-            lease.tier = "hbm"
+            tier = "ddr" if node is not None and lease.expert in node.ddr else "store"
+        if lease.tier != tier:
+            lease.tier = tier
         try:
             self._revoke(lease.socket_id, self.directory.grant(lease))
         except (AllPinnedError, NeverFitsError):
