@@ -12,7 +12,7 @@ import time
 import pytest
 import ray
 
-from memtier.client import MemTierClient, _KeptLeases
+from memtier.client import MemTierClient, _KeptLeases, _plain_hit
 from memtier.models import ActivationReport, Lease, SocketInfo
 from memtier.pager import MemTier, MemTierCore
 
@@ -137,6 +137,19 @@ def test_kept_leases_give_the_newest_usable_one_drop_by_id_and_expire_oldest_fir
     kept.add(_held("l5", "b", "s1"), 5.0)
     assert [lease.lease_id for lease in kept.expired(4.5)] == ["l4"]
     assert len(kept) == 1 and kept.take("b", lambda s: True).lease_id == "l5" and len(kept) == 0
+
+
+@pytest.mark.parametrize(
+    ("report", "as_count"),
+    [
+        (ActivationReport(tier="hbm"), True),
+        (ActivationReport(tier="hbm", evicted=["b"]), False),  # evictions are counted from the report
+        (ActivationReport(tier="hbm", bytes_moved=1), False),
+        (ActivationReport(tier="ddr", switch_s=0.1, bytes_moved=1), False),  # a miss: switch times, bytes
+    ],
+)
+def test_only_a_report_that_says_nothing_but_hit_travels_as_a_count(report, as_count) -> None:
+    assert _plain_hit(report) is as_count
 
 
 # --------------------------------------------------------------------------- the client, on a real actor
