@@ -445,13 +445,30 @@ _TEXT_KIND = re.compile(
     r"paragraph|journal entry|dialogue|blog|announcement|eulogy|vows|talking points|thank-you note)s?\b",
     re.I,
 )
+# The same help asked with no writing verb ("Help me brainstorm for a short story", "What's a good
+# structure and tone for this kind of essay?", "What are some good themes or opening lines I could
+# use?" for a speech): a kind of text the guide gives to `writing` AND a composing cue.
+_COMPOSED_KIND = re.compile(
+    r"\b(stor(y|ies)|plot|premise|script|screenplay|myth|monologue|sitcom|short film|"
+    r"novel|essay|speech|talking points|email|ad copy|taglines?|slogans?|menu description|poem|lyrics)\b",
+    re.I,
+)
+_COMPOSING_CUE = re.compile(
+    r"\b(brainstorm|ideas?|opening lines|few lines|tone|structure|come up with|drafting|writing|"
+    r"writer's block|prepare an?)\b",
+    re.I,
+)
 _NOT_PROSE = ("technical design", "architecture", "contract", "business plan", "meal plan", "shopping list")
 _FICTION = ("novel", "screenplay", "scene")
 
 
 def _persistbench_category(query: str, domain: str, file: str) -> str | None:
     low = query.lower()
-    if query.startswith(_DRAFTING) or (_WRITE_VERB.search(query) and _TEXT_KIND.search(query)):
+    if (
+        query.startswith(_DRAFTING)
+        or (_WRITE_VERB.search(query) and _TEXT_KIND.search(query))
+        or (_COMPOSED_KIND.search(query) and _COMPOSING_CUE.search(query))
+    ):
         return None if any(w in low for w in _NOT_PROSE) else "writing"
     if file == "sycophancy" or domain == "Financial and Legal Matters":
         return None
