@@ -75,13 +75,15 @@ def _best_new_home(
     holds. Under LRU every value is 0 and the least recently used socket wins, as before. The
     sample bounds the cost of a miss at 512 sockets (bench.memtier_scale)."""
     table = directory.table
-    slot = table.best(mask, size_bytes)
-    assert slot is not None
+    candidates = np.flatnonzero(mask)
+    ranks = table.rank(candidates, size_bytes)  # once: the tied sockets' ranks are a subset
+    slot = int(candidates[np.argmin(ranks)])
     winner = table.entries[slot]
     if table.free_bytes[slot] >= size_bytes:
         return winner
-    tied = np.flatnonzero(mask & (table.load == table.load[slot]) & (table.free_bytes < size_bytes))
-    ordered = tied[np.argsort(table.rank(tied, size_bytes), kind="stable")][:VICTIM_SAMPLE]
+    is_tied = (table.load[candidates] == table.load[slot]) & (table.free_bytes[candidates] < size_bytes)
+    tied = candidates[is_tied]
+    ordered = tied[np.argsort(ranks[is_tied], kind="stable")][:VICTIM_SAMPLE]
     policy, sizes = directory.hbm_policy, directory.expert_bytes
     best, best_key = winner, None
     for tied_slot in ordered:

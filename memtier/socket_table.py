@@ -129,14 +129,9 @@ class SocketTable:
     def slots_of(self, socket_ids) -> np.ndarray:
         return np.fromiter((self.slot_of[s] for s in socket_ids), np.int64)
 
-    def best(self, mask: np.ndarray, size_bytes: int) -> int | None:
-        """The slot minimising (load, needs eviction, last used, socket id) among `mask`; None if empty."""
-        candidates = np.flatnonzero(mask)
-        if candidates.size == 0:
-            return None
-        return int(candidates[np.argmin(self.rank(candidates, size_bytes))])
-
     def rank(self, slots: np.ndarray, size_bytes: int) -> np.ndarray:
+        """Per slot, (load, needs eviction, last used, socket id) packed in one int64: the lowest is
+        the best new home for an expert of `size_bytes` (memtier/placement.py)."""
         needs_eviction = (self.free_bytes[slots] < size_bytes).astype(np.int64)
         return (
             (self.load[slots] << _LOAD_SHIFT)
