@@ -35,7 +35,8 @@ in the sample when a hash of its name falls under 2^-k, and each shadow simulate
 budget on the sampled experts' requests only. Hit ratios, and so which lambda hits best, carry
 over; the CRF of every expert is still kept at every lambda (ranking needs it), which costs a
 fraction of a shadow's replay. Up to `FULL_SHADOW_EXPERTS` experts' worth of budget the sample
-is everything, so every small-budget result in bench.policy is unchanged.
+is everything, so every small-budget result in bench.policy is unchanged. Over 4,096 experts at
+budgets of 512 and 1,024 the sample moves hit rates by -0.004 to +0.002 (bench.policy_sampling).
 """
 
 from __future__ import annotations
