@@ -244,11 +244,9 @@ class ResidencyDirectory:
         `lease.keep` False when the policy's admission test refuses to keep a page-in."""
         socket = self.sockets[lease.socket_id]
         ddr = self.node(lease.node_id).ddr
-        # Check both tiers before changing either, so a refusal leaves no orphan pin behind. An expert
-        # resident at its size (a reuse, most leases) needs no check: pinning it cannot fail.
-        resident = lease.expert in socket.hbm and socket.hbm.size_of(lease.expert) == lease.size_bytes
-        if not resident:
-            socket.hbm.plan_insert(lease.expert, lease.size_bytes)
+        # Check both tiers before changing either, so a refusal leaves no orphan pin behind.
+        socket.hbm.plan_insert(lease.expert, lease.size_bytes)
+        resident = lease.expert in socket.hbm  # then pinning it changes no residents (a reuse, most leases)
         if lease.tier != "hbm" and lease.expert not in ddr:
             ddr.plan_insert(lease.expert, lease.size_bytes)
         self.clock += 1

@@ -341,8 +341,7 @@ class MemTierCore:
         in its holder's batch when the lease was kept (memtier/client.py)."""
         stats = self.stats
         if report.tier == "hbm":
-            stats.hbm.hits += 1
-            self.metrics.hit("hbm")
+            self.record_hits(1)
         else:
             stats.hbm.misses += 1
             self.metrics.miss("hbm")

@@ -164,9 +164,8 @@ class _Shadow:
             heapq.heapify(self._heap)
         return hit
 
-    def empty(self, capacity_bytes: int) -> None:
+    def empty(self) -> None:
         """Forget what the shadow holds (its CRFs stay): the sample it replays changed."""
-        self.capacity_bytes = capacity_bytes
         self.resident.clear()
         self.used_bytes = 0
         self._heap.clear()
@@ -206,7 +205,6 @@ class AdaptiveLRFU(EvictionPolicy):
         self._forget = 2.0 ** (-1.0 / score_half_life)  # per sampled request
         self.leader = 0
         self.now = 0
-        self.capacity_bytes = 0
         self.sample_bits = 0  # the shadows replay the experts whose hash is 0 mod 2^sample_bits
         self._sampled: dict[Hashable, bool] = {}
         self.resize(capacity_bytes)
@@ -259,13 +257,12 @@ class AdaptiveLRFU(EvictionPolicy):
         return any(mine >= self.value(v, s) for v, s in victims)
 
     def resize(self, capacity_bytes: int) -> None:
-        self.capacity_bytes = capacity_bytes
         bits = _sample_bits(capacity_bytes, self.sizes)
         if bits != self.sample_bits:  # another sample: what the shadows hold no longer applies
             self.sample_bits = bits
             self._sampled.clear()
             for shadow in self.shadows:
-                shadow.empty(capacity_bytes >> bits)
+                shadow.empty()
         for shadow in self.shadows:
             shadow.capacity_bytes = capacity_bytes >> bits
 
@@ -276,7 +273,7 @@ def _sample_bits(capacity_bytes: int, sizes: Mapping[Hashable, int]) -> int:
         return 0
     mean_bytes = max(1.0, sum(sizes.values()) / len(sizes))
     experts = capacity_bytes / mean_bytes
-    return max(0, int(math.log2(experts / FULL_SHADOW_EXPERTS))) if experts > FULL_SHADOW_EXPERTS else 0
+    return int(math.log2(experts / FULL_SHADOW_EXPERTS)) if experts > FULL_SHADOW_EXPERTS else 0
 
 
 def _in_sample(key: Hashable, bits: int) -> bool:
