@@ -56,6 +56,7 @@ GOAL_PAIRS_PER_S = 5000  # issue 17: >= 5,000 place+release pairs/s, 512 sockets
 GOAL_SOCKETS = 512
 GOAL_CALLERS = 16
 RETRIES_PER_RELEASE = 4  # simulation: waiters that retry after one release
+INGRESS_HOLD_S = MemtierConfig().lease_hold_s  # held modes keep leases as long as the ingress does
 
 
 class Rate(BaseModel):
@@ -350,7 +351,7 @@ def measure_actor(
     s: float,
     mode: str,
     heartbeat_s: float = 1.0,
-    hold_s: float = MemtierConfig().lease_hold_s,
+    hold_s: float = INGRESS_HOLD_S,
 ) -> Rate:
     """Through the real MemTier actor, in the caller's Ray session; `mode` is single, batched, held, or
     relayed (held, with each node's heartbeats in one call, memtier/node_beats.py)."""
@@ -520,7 +521,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hold-s",
         type=float,
-        default=MemtierConfig().lease_hold_s,
+        default=INGRESS_HOLD_S,
         help="held mode: how long a finished lease is kept for reuse (default: the ingress's lease_hold_s)",
     )
     parser.add_argument(
