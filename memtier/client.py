@@ -44,6 +44,11 @@ MAX_BATCH = 512  # one actor call stays well under a millisecond of bookkeeping 
 # heartbeats (10 s at the default 1 s), to correct drift; the vouching keeps it alive meanwhile.
 FULL_REPORT_BEATS = 10
 PING_S = 2.0  # a holder with leases calls at least this often (MemTier's holder_timeout_s is 10 s)
+# How late MemTier may hear of a reuse (it pins the expert again) or a kept request's report, when no
+# other call goes sooner: independent of hold_s, so a longer hold never leaves a running expert
+# unpinned at MemTier for longer (a 0.5 s lag at a 1 s hold is the likely cause of two serving-test
+# failures in a fresh clone at cfa3107).
+SWEEP_S = 0.125
 IDLE, REUSED, AGAIN = "idle", "reused", "again"  # what a holder tells MemTier of its kept leases
 
 
@@ -187,7 +192,7 @@ class MemTierClient:
             self._unsent_idle.add(lease_id)
             self._served.add(lease.socket_id)
             if report is not None and _plain_hit(report):
-                self._hits += 1  # goes with the next call, within hold_s / 2 (the sweep)
+                self._hits += 1  # goes with the next call, within SWEEP_S (the sweep)
             elif report is not None:
                 self._reports.append(report)
             if self._memtier_waiting:
@@ -237,7 +242,7 @@ class MemTierClient:
             self._holds.append((lease.lease_id, AGAIN))
         else:
             self._holds.append((lease.lease_id, REUSED))
-        self.reused += 1  # the actor hears of it with the next call, within hold_s / 2 (the sweep)
+        self.reused += 1  # the actor hears of it with the next call, within SWEEP_S (the sweep)
         return lease
 
     def _keep(self, lease: Lease) -> None:
@@ -256,7 +261,7 @@ class MemTierClient:
         """Send back kept leases whose `hold_s` passed unused, and keep the holder seen alive
         while it has leases (a long generation holds one for longer than MemTier's timeout)."""
         while self._kept or self._out:
-            await asyncio.sleep(self.hold_s / 2)
+            await asyncio.sleep(min(self.hold_s / 2, SWEEP_S))
             now = time.monotonic()
             expired = self._kept.expired(now)
             for lease in expired:
