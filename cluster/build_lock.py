@@ -30,8 +30,15 @@ def build_lock(lock_file: Path) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    key.parent.mkdir(parents=True, exist_ok=True)
-    with open(key, "a") as handle:
+    try:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(key, "a")  # noqa: SIM115 (closed below, after the unlock)
+    except OSError:
+        # A read-only folder (a zoo on a shared read-only store): nobody can build there, so there
+        # is nothing to serialise; a builder that finds its work up to date then writes nothing.
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         _held[key] = 1
         try:

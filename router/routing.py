@@ -213,6 +213,8 @@ def ensure_default_artifact(directory: Path) -> None:
     half an artifact. A second process waits on the folder's lock (cluster/build_lock.py), then
     finds it trained, instead of training it again beside the first.
     """
+    if _stale_reason(directory) is None:
+        return  # no lock to take: a trained artifact on a read-only store loads as it is
     with _DEFAULT_LOCK, build_lock(directory.with_name(f".{directory.name}.lock")):
         stale = _stale_reason(directory)
         if stale is None:
