@@ -63,21 +63,25 @@ class LocalServe:
             )
         for _ in range(topo.nodes):
             self.add_socket_node()
-        ray.init(address=self.cluster.address, namespace="coe", log_to_driver=False)
-        grpc_options = None
-        if with_grpc:
-            from deployments.grpc_options import grpc_options as coe_grpc_options
-
-            grpc_options = coe_grpc_options(self.config)
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": http_port},
-            grpc_options=grpc_options,
-            proxy_location="HeadOnly" if head_node else None,
-        )
-        serve.run(build(self.config), name=config.serve.app_name, route_prefix="/", blocking=False)
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
-        self._wait_ready(expect_sockets)
+        try:
+            ray.init(address=self.cluster.address, namespace="coe", log_to_driver=False)
+            grpc_options = None
+            if with_grpc:
+                from deployments.grpc_options import grpc_options as coe_grpc_options
+
+                grpc_options = coe_grpc_options(self.config)
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": http_port},
+                grpc_options=grpc_options,
+                proxy_location="HeadOnly" if head_node else None,
+            )
+            serve.run(build(self.config), name=config.serve.app_name, route_prefix="/", blocking=False)
+            self._wait_ready(expect_sockets)
+        except BaseException:
+            self.close()  # one that failed to start must not leave Ray up for the next user in this process
+            raise
 
     @staticmethod
     def head_build(build: Callable[..., object]) -> Callable[[ClusterConfig], object]:
@@ -109,9 +113,12 @@ class LocalServe:
         raise TimeoutError(f"the app did not become ready within {READY_TIMEOUT_S:.0f}s")
 
     def close(self) -> None:
-        serve.shutdown()
-        ray.shutdown()
-        self.cluster.shutdown()
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            self.cluster.shutdown()
 
     def __enter__(self) -> LocalServe:
         return self

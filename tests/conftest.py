@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,16 @@ def router_artifact(zoo_root: Path):
     from router import load_router
 
     return load_router(None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_behind():
+    """Every module starts with no Ray session in this process. A module whose cluster fixture
+    died half-way (after `ray.init`, before its teardown) would otherwise make every later Ray
+    module in the same pytest worker fail with "ray.init twice", hiding the one real error."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        warnings.warn("a test module left Ray initialised; shut down after it", stacklevel=1)
+        ray.shutdown()

@@ -42,17 +42,20 @@ class ServingRig:
                 resources={"coe_socket": config.topology.sockets_per_node},
                 object_store_memory=max(150 * 2**20, config.topology.ddr_per_node + 100 * 2**20),
             )
-        ray.init(address=self.cluster.address, namespace="coe")
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(self.config)
-        )
-        serve.run(
-            build_app_from_config(self.config, heartbeat_s=0.5), name="coe", route_prefix="/", blocking=False
-        )
         self._sockets = None
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
-        self.wait_ready()
+        try:
+            ray.init(address=self.cluster.address, namespace="coe")
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(self.config)
+            )
+            app = build_app_from_config(self.config, heartbeat_s=0.5)
+            serve.run(app, name="coe", route_prefix="/", blocking=False)
+            self.wait_ready()
+        except BaseException:
+            self.close()  # a rig that failed to start must not leave Ray up for the next module
+            raise
 
     def wait_ready(self, timeout_s: float = 240) -> None:
         deadline = time.monotonic() + timeout_s
@@ -100,6 +103,9 @@ class ServingRig:
             check_ddr(held, topology.ddr_per_node, sizes, node["node_id"])
 
     def close(self) -> None:
-        serve.shutdown()
-        ray.shutdown()
-        self.cluster.shutdown()
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            self.cluster.shutdown()
