@@ -38,6 +38,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shut_down(cluster: Cluster) -> None:
+    """Serve, this process's Ray session and the local cluster, also after a start that failed
+    half-way (Ray up, Serve not): a later rig in this process must find no session."""
+    try:
+        if ray.is_initialized():
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 class LocalServe:
     """Start a cluster, deploy `build(config)` at `/`, wait until `ready(health)` says so; `close()`."""
 
@@ -113,12 +124,7 @@ class LocalServe:
         raise TimeoutError(f"the app did not become ready within {READY_TIMEOUT_S:.0f}s")
 
     def close(self) -> None:
-        try:
-            if ray.is_initialized():
-                serve.shutdown()
-        finally:
-            ray.shutdown()
-            self.cluster.shutdown()
+        shut_down(self.cluster)
 
     def __enter__(self) -> LocalServe:
         return self

@@ -15,6 +15,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayTaskError
 
+from bench.rig import shut_down
 from cluster.config import ClusterConfig
 from deployments.app import build_app_from_config
 from deployments.grpc_options import grpc_options
@@ -103,9 +104,4 @@ class ServingRig:
             check_ddr(held, topology.ddr_per_node, sizes, node["node_id"])
 
     def close(self) -> None:
-        try:
-            if ray.is_initialized():
-                serve.shutdown()
-        finally:
-            ray.shutdown()
-            self.cluster.shutdown()
+        shut_down(self.cluster)
