@@ -15,8 +15,9 @@ CONFIG ?= cluster/configs/demo.yaml
 # The suite runs in 2 pytest-xdist workers (CI has 2 cores): most of its time is Ray clusters
 # starting and requests waiting, so two modules side by side overlap well (the whole suite: 883 s
 # in two workers against 1,611-1,881 s in one process, on 2 shared cores). `--dist loadfile`
-# keeps each module in one worker, so its module-scoped cluster starts once. TEST_WORKERS=0 runs
-# it in one process.
+# keeps each module in one worker, so its module-scoped cluster starts once; tests/conftest.py
+# makes the tests/tiny_app package one unit too, so its shared app starts once.
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
 .PHONY: install serve test lint zoo clean

@@ -13,6 +13,32 @@ from cluster.paths import REPO_ROOT, zoo_dir
 
 CONFIGS = REPO_ROOT / "cluster" / "configs"
 TINY_EXPERTS = 16
+SHARED_APP_PACKAGE = Path(__file__).parent / "tiny_app"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiny_app package first, with its `replaces_the_app` tests at its end.
+
+    First because it is the suite's largest unit of work (several minutes in one worker, see
+    `pytest_xdist_make_scheduler`): a worker that drew it last would run alone at the end.
+    """
+    in_package = [item for item in items if item.path.is_relative_to(SHARED_APP_PACKAGE)]
+    in_package.sort(key=lambda item: item.get_closest_marker("replaces_the_app") is not None)  # stable
+    items[:] = in_package + [item for item in items if not item.path.is_relative_to(SHARED_APP_PACKAGE)]
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent when it is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, with the tiny_app package as one unit: one worker runs all of it, back
+    to back, so its package-scoped app starts once; every other module stays whole in one worker,
+    so its module-scoped cluster starts once. (xdist's own `loadgroup` cannot do this under
+    pytest 9, whose node ids ignore the group suffix xdist writes.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.scheduling import PackageAsOneFileScheduling
+
+    package = SHARED_APP_PACKAGE.relative_to(config.rootpath).as_posix()
+    return PackageAsOneFileScheduling(config, log, package=package)
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,11 @@ class Rig:
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
                 ).remote(config, socket_id, 0.3)
                 self.sockets[socket_id] = actor
-        ray.get([a.start.remote() for a in self.sockets.values()])
+        # Each test starts from warm sockets (skeletons built, the node's DDR store found): the
+        # warm-up is seconds of imports per socket, which on a loaded 2-core box outlasted
+        # place_timeout_s for requests queued behind the first ones, and left sockets beating
+        # MemTier directly while a test counted their node's relayed beats.
+        ray.get([a.start.remote(wait_warm=True) for a in self.sockets.values()])
 
     def close(self) -> None:
         """Kill this test's actors so later tests do not share the CPUs with their heartbeats."""

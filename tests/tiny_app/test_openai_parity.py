@@ -20,7 +20,6 @@ from openai.types.chat import completion_create_params as chat_params
 from transformers import AutoTokenizer
 
 from deployments.token_text import token_bytes
-from tests.serving_rig import ServingRig
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +36,6 @@ PERSON = {
     "additionalProperties": False,
 }
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
-
-
-@pytest.fixture(scope="module")
-def rig(tiny_config):
-    rig = ServingRig(tiny_config)
-    yield rig
-    rig.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,23 +17,9 @@ import ray
 from bench import prom
 from memtier.models import SocketInfo
 from memtier.pager import get_memtier
-from tests.serving_rig import ServingRig
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def request_log(tmp_path_factory):
-    return tmp_path_factory.mktemp("coe-requests") / "requests.jsonl"
-
-
-@pytest.fixture(scope="module")
-def rig(tiny_config, router_artifact, request_log):
-    observability = tiny_config.observability.model_copy(update={"request_log_path": str(request_log)})
-    rig = ServingRig(tiny_config.model_copy(update={"observability": observability}))
-    yield rig
-    rig.close()
 
 
 @pytest.fixture()
