@@ -80,8 +80,8 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
                 "--object-store-memory=150000000",
             ],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=(tmp_path / "worker.log").open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         procs.append(worker)
@@ -99,17 +99,29 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
 
 
 def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout_s: float = 180) -> None:
-    probe = (
-        "import ray, time\n"
-        f"ray.init(address='{address}', log_to_driver=False)\n"
-        f"deadline = time.monotonic() + {timeout_s}\n"
-        f"while sum(n['Alive'] for n in ray.nodes()) < {count} and time.monotonic() < deadline:\n"
-        "    time.sleep(0.5)\n"
-        f"assert sum(n['Alive'] for n in ray.nodes()) >= {count}\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", probe], env=env, check=True, timeout=timeout_s + 60, capture_output=True
-    )
+    """Until `count` nodes are alive, asked from a fresh driver process (as `ray job submit`'s
+    entrypoint would see them). A probe that fails outright (its driver could not attach while the
+    worker's raylet was still registering on a loaded box: CI showed exit 1 with no message) is
+    run again until the deadline; the last one's stderr is in the failure."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = max(1.0, deadline - time.monotonic())
+        probe = (
+            "import ray, time\n"
+            f"ray.init(address='{address}', log_to_driver=False)\n"
+            f"deadline = time.monotonic() + {remaining}\n"
+            f"while sum(n['Alive'] for n in ray.nodes()) < {count} and time.monotonic() < deadline:\n"
+            "    time.sleep(0.5)\n"
+            f"assert sum(n['Alive'] for n in ray.nodes()) >= {count}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, timeout=remaining + 60, capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} Ray nodes not alive at {address}: {done.stderr[-3000:]}")
+        time.sleep(2)
 
 
 def _wait_http(url: str, timeout_s: float) -> None:
