@@ -303,6 +303,8 @@ def test_a_nodes_sockets_heartbeat_through_its_ddr_store_in_shared_calls(make_ri
     )
     for first, last in zip(start, end, strict=True):
         assert last.failed_calls == 0
-        # two sockets per node: a relay that coalesced nothing would send one call per beat
-        assert last.beats - first.beats > 1.5 * (last.calls - first.calls), (first, last)
+        # Two sockets per node: a relay that coalesced nothing would send one call per beat. How
+        # many coalesce is timing (a 50 ms window; idle, ~2 beats a call; a CPU-starved box woke
+        # the sockets apart, 10 beats in 7 calls), so the check is that some calls carried two.
+        assert last.beats - first.beats > last.calls - first.calls, (first, last)
     assert sorted(s.socket_id for node in rig.status().nodes for s in node.sockets) == sorted(rig.sockets)
