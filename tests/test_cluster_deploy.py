@@ -31,6 +31,10 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}:{env['PATH']}"
     env["RAY_AUTH_MODE"] = "token"  # RAY-NOTES: 2.60 heads use token auth; job submit needs this
+    # Ray gives its dashboard 60 s to start, then fails `ray start --head`; a fresh CI-like clone,
+    # both cores busy with the other worker's module, took longer (head.log: "Failed to start the
+    # dashboard"). The job API lives in the dashboard, so it must start, however slowly.
+    env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = "240"
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -67,7 +71,7 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
     procs = [head]
     try:
         dashboard = f"http://127.0.0.1:{dash_port}"
-        _wait_http(f"{dashboard}/api/version", timeout_s=120)
+        _wait_http(f"{dashboard}/api/version", timeout_s=300)
         worker = subprocess.Popen(
             [
                 str(BIN / "ray"),
