@@ -17,14 +17,23 @@ SHARED_APP_PACKAGE = Path(__file__).parent / "tiny_app"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tiny_app package first, with its `replaces_the_app` tests at its end.
+    """The tiny_app package first, its `disturbs_the_app` tests after the rest of it and its
+    `replaces_the_app` tests at its end.
 
     First because it is the suite's largest unit of work (several minutes in one worker, see
     `pytest_xdist_make_scheduler`): a worker that drew it last would run alone at the end.
     """
     in_package = [item for item in items if item.path.is_relative_to(SHARED_APP_PACKAGE)]
-    in_package.sort(key=lambda item: item.get_closest_marker("replaces_the_app") is not None)  # stable
+    in_package.sort(key=_place_in_the_shared_app)  # stable: file order within each group
     items[:] = in_package + [item for item in items if not item.path.is_relative_to(SHARED_APP_PACKAGE)]
+
+
+def _place_in_the_shared_app(item: pytest.Item) -> int:
+    """0 for tests that need the app whole, 1 for those that kill part of it, 2 for those that
+    replace it."""
+    if item.get_closest_marker("replaces_the_app") is not None:
+        return 2
+    return 1 if item.get_closest_marker("disturbs_the_app") is not None else 0
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent when it is not installed

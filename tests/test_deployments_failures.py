@@ -4,7 +4,7 @@ The real `CoEService`, `Answer`/`stream` (openai_responses.py), `RequestTrace` a
 error mapper, over two stand-ins for the handles they call: a MemTier that grants leases in turn
 and a socket handle whose streams play a script (events, a Ray exception, or hanging). The
 exceptions are Ray's own classes. What a real cluster adds (Serve's routing, a replica really
-dying) is covered in test_serving_grpc.py and tiny_app/test_serving_http.py; here each failure is forced
+dying) is covered in tiny_app/test_serving_grpc.py and test_serving_http.py; here each failure is forced
 exactly, so each status is checked without timing races.
 """
 

@@ -6,8 +6,9 @@ for tests that need only a serving app. The root conftest makes the package one 
 of work, so that one worker runs all of it, back to back, and starts the app once.
 
 What the modules must respect, sharing it: assert on deltas (metrics, hit counts), not on
-totals since start; do not assume a cold cache unless the test pages its own experts; and a test
-that swaps the app away carries the `replaces_the_app` mark, which runs it after the rest.
+totals since start; do not assume a cold cache unless the test pages its own experts; a test that
+kills part of the app (Serve replaces it) carries `disturbs_the_app`, and one that swaps the app
+away carries `replaces_the_app`: the root conftest runs the first after the rest, the second last.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import warnings
 import pytest
 
 from tests.serving_rig import ServingRig
+from tests.tiny_app import LONG_TOKENS
 
 
 @pytest.fixture(scope="package")
@@ -26,9 +28,11 @@ def request_log(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def rig(tiny_config, router_artifact, request_log):
-    """The tiny config with the JSON request log on (test_serving_http reads it)."""
+    """The tiny config with the JSON request log on (test_serving_http reads it) and max_tokens up to
+    LONG_TOKENS (test_serving_grpc's mid-stream cases)."""
     observability = tiny_config.observability.model_copy(update={"request_log_path": str(request_log)})
-    rig = ServingRig(tiny_config.model_copy(update={"observability": observability}))
+    limits = tiny_config.limits.model_copy(update={"max_tokens": LONG_TOKENS})
+    rig = ServingRig(tiny_config.model_copy(update={"observability": observability, "limits": limits}))
     yield rig
     rig.close()
 

@@ -137,12 +137,12 @@ def test_unknown_model_is_404(client):
     assert status == 404 and error["code"] == "model_not_found" and "no-such-expert" in error["message"]
 
 
-def test_max_tokens_over_the_limit_is_400(client, tiny_config):
+def test_max_tokens_over_the_limit_is_400(rig, client):
     status, error = _status_and_error(lambda: _ask(client, "tiny-00", "hi", max_tokens=10_000))
     assert (
         status == 400
         and error["param"] == "max_tokens"
-        and str(tiny_config.limits.max_tokens) in error["message"]
+        and str(rig.config.limits.max_tokens) in error["message"]
     )
 
 

@@ -1,10 +1,10 @@
 """The gRPC API (coe.v1.CoE) on a 2-node cluster with tiny experts, through Serve's gRPC proxy.
 
-The module's config is tiny.yaml with two limits changed so the hard cases are real, not mocked:
-`max_tokens` 480 makes a generation last seconds (cancellation and deadlines land mid-stream),
-and `place_timeout_s` 10 bounds MemTier's placement wait, so a saturated cluster answers
-UNAVAILABLE in 10 s instead of 30. `request_timeout_s` stays at its default: a first request that
-loads its expert from STORE on a busy CI box (the other test worker at full tilt) took over 10 s.
+It runs on the package's shared app (tests/tiny_app/conftest.py), whose `max_tokens` limit is
+LONG_TOKENS (480) so the hard cases are real, not mocked: a generation lasts seconds, so
+cancellation and deadlines land mid-stream. `place_timeout_s` and `request_timeout_s` stay at their
+defaults: a first request that loads its expert from STORE on a busy CI box (the other test worker
+at full tilt) took over 10 s, so the saturation test waits the default 30 s for its UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -27,27 +27,10 @@ from deployments.grpc_servicer import grpc_abort
 from deployments.grpc_stubs import coe_pb2
 from memtier.pager import get_memtier
 from tests.serving_rig import ServingRig
+from tests.tiny_app import LONG_TOKENS
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-LONG_TOKENS = 480  # ~5 ms a token on a warm tiny expert: a few seconds of streaming
-PLACE_TIMEOUT_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def grpc_config(tiny_config):
-    limits = tiny_config.limits.model_copy(
-        update={"max_tokens": LONG_TOKENS, "place_timeout_s": PLACE_TIMEOUT_S}
-    )
-    return tiny_config.model_copy(update={"limits": limits})
-
-
-@pytest.fixture(scope="module")
-def rig(grpc_config, router_artifact):
-    rig = ServingRig(grpc_config)
-    yield rig
-    rig.close()
 
 
 @pytest.fixture(scope="module")
@@ -142,21 +125,21 @@ def test_route_returns_the_decision_only(client):
     assert abs(sum(decision.probabilities.values()) - 1) < 1e-4 and decision.entropy >= 0
 
 
-def test_list_experts_names_every_expert_and_its_categories(client, grpc_config):
+def test_list_experts_names_every_expert_and_its_categories(rig, client):
     reply = client.experts()
     assert reply.routed_model == "coe"
-    assert [e.id for e in reply.experts] == grpc_config.expert_ids
+    assert [e.id for e in reply.experts] == rig.config.expert_ids
     by_id = {e.id: e for e in reply.experts}
     assert list(by_id["tiny-01"].categories) == ["math"] and by_id["tiny-01"].size_bytes > 0
     assert by_id["tiny-07"].fallback and not by_id["tiny-01"].fallback
 
 
-def test_memtier_status_shows_residency_budgets_and_hit_rates(rig, client, grpc_config):
+def test_memtier_status_shows_residency_budgets_and_hit_rates(rig, client):
     status = client.memtier()
     assert len(status.nodes) == 2 and sum(len(n.sockets) for n in status.nodes) == 4
     for node in status.nodes:
         for socket in node.sockets:  # what it reports; what sockets really hold is checked below
-            assert socket.hbm_bytes == grpc_config.topology.weights_per_socket
+            assert socket.hbm_bytes == rig.config.topology.weights_per_socket
     rig.assert_budgets()
     full = json.loads(status.status_json)
     assert full["stats"]["hbm_hit_rate"] == pytest.approx(status.hbm_hit_rate)
@@ -257,9 +240,9 @@ def test_an_http_client_closing_its_stream_frees_the_lease_and_stops_the_row(rig
     assert steps < LONG_TOKENS - 1, f"the row ran {steps} decode steps: to the end, not stopped"
 
 
-def test_saturated_cluster_waits_then_is_unavailable_over_grpc_and_503_over_http(rig, client, grpc_config):
+def test_saturated_cluster_waits_then_is_unavailable_over_grpc_and_503_over_http(rig, client):
     """Every HBM slot pinned by a running request (here: leases taken straight from MemTier)."""
-    memtier = get_memtier(grpc_config.name)
+    memtier = get_memtier(rig.config.name)
     holders = [f"tiny-{i:02d}" for i in range(8, 16)]  # 4 sockets x 2 tiny experts: every slot
     leases = ray.get([memtier.place.remote(expert) for expert in holders])
     body = {"model": "tiny-00", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -337,7 +320,7 @@ print(reply.coe.expert, reply.usage.completion_tokens, len(experts.experts))
 
 def test_a_client_built_from_the_proto_alone_works(rig, tmp_path: Path):
     (tmp_path / "coe.proto").write_bytes(
-        (Path(__file__).parents[1] / "deployments" / "coe.proto").read_bytes()
+        (Path(__file__).parents[2] / "deployments" / "coe.proto").read_bytes()
     )
     (tmp_path / "client.py").write_text(textwrap.dedent(PROTO_ONLY_CLIENT))
     done = subprocess.run(
@@ -390,9 +373,11 @@ def test_grpc_generations_are_in_the_metrics(rig, client):
     assert prom.total(after, "coe:request_success_total", expert="tiny-12") == 1
 
 
+@pytest.mark.disturbs_the_app
 def test_a_socket_dying_mid_stream_ends_the_sse_stream_with_an_error_then_done(rig, client):
-    """Runs last in the module: it kills a socket replica for real (Serve starts another). The
-    client already has tokens, so the request cannot be retried: it is told, then the stream ends."""
+    """Runs late in the package (`disturbs_the_app`): it kills a socket replica for real (Serve
+    starts another). The client already has tokens, so the request cannot be retried: it is told,
+    then the stream ends."""
     body = {
         "model": "tiny-11",
         "messages": [{"role": "user", "content": "keep talking"}],
