@@ -45,7 +45,10 @@ class Rig:
         saturation: int | None = None,
         socket_timeout_s: float = 2.0,
         holder_timeout_s: float = 10.0,
+        sockets_per_node: int | None = None,
     ):
+        """`sockets_per_node` (default: the topology's) is lower for a test that needs fewer: each
+        socket is a process that imports torch and transformers, seconds of a 2-core box's CPU."""
         self.config = config
         self.memtier = start_memtier(
             config.name,
@@ -59,8 +62,9 @@ class Rig:
         ray.get(self.memtier.ready.remote())
         self.node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])[:2]
         self.sockets = {}
+        per_node = config.topology.sockets_per_node if sockets_per_node is None else sockets_per_node
         for n, node_id in enumerate(self.node_ids):
-            for s in range(config.topology.sockets_per_node):
+            for s in range(per_node):
                 socket_id = f"n{n}-s{s}"
                 actor = SocketActor.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
@@ -201,7 +205,7 @@ def test_sixteen_concurrent_leases_over_twelve_experts_generate_under_eviction(m
 
 
 def test_a_killed_socket_is_dropped_from_the_directory(make_rig, tiny_config):
-    rig = make_rig(_config(tiny_config, "socketdeath"))
+    rig = make_rig(_config(tiny_config, "socketdeath"), sockets_per_node=1)  # one per node: one left
     lease = rig.place("tiny-03")
     running = rig.sockets[lease.socket_id].run.remote(lease, 0.0, 0, "never")  # in flight until killed
     wait_for(lambda: any("tiny-03" in s.residents for n in rig.status().nodes for s in n.sockets))
@@ -257,7 +261,7 @@ def test_memtier_restarts_with_a_lease_in_flight_and_rebuilds_the_same_directory
 
 def test_concurrent_misses_read_the_store_once(make_rig, tiny_config):
     config = _config(tiny_config, "loadonce")
-    rig = make_rig(config)
+    rig = make_rig(config, sockets_per_node=0)  # the node's DDR store alone is under test
     store = rig.ddr(rig.node_ids[0])
     results = ray.get([store.get.remote("tiny-09") for _ in range(8)])
     assert sum(r["store_read"] for r in results) == 1
@@ -270,7 +274,7 @@ def test_a_socket_leaves_a_held_lease_to_its_holder(make_rig, tiny_config):
     """A lease with a holder (the ingress, memtier/client.py) is not released by the socket when
     its request ends: the holder keeps it for the next request, so the expert stays pinned."""
     # The holder never calls again here: a timeout longer than the test keeps its lease its own.
-    rig = make_rig(_config(tiny_config, "held"), saturation=1, holder_timeout_s=600.0)
+    rig = make_rig(_config(tiny_config, "held"), saturation=1, holder_timeout_s=600.0, sockets_per_node=1)
     held = ray.get(rig.memtier.place.remote("tiny-00", None, "ingress-1"))
     plain = rig.place("tiny-01")
     assert held.holder == "ingress-1" and plain.holder == ""
