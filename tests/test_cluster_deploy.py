@@ -89,7 +89,9 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
             start_new_session=True,
         )
         procs.append(worker)
-        _wait_for_nodes(f"127.0.0.1:{gcs_port}", 2, env)
+        _wait_for_nodes(
+            f"127.0.0.1:{gcs_port}", 2, env, logs=[tmp_path / "head.log", tmp_path / "worker.log"]
+        )
         yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs_port}", "env": env}
     finally:
         for proc in reversed(procs):
@@ -102,29 +104,41 @@ def ray_head_and_worker(tmp_path, tiny_zoo):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout_s: float = 180) -> None:
+def _wait_for_nodes(
+    address: str, count: int, env: dict[str, str], logs: list[Path], timeout_s: float = 300
+) -> None:
     """Until `count` nodes are alive, asked from a fresh driver process (as `ray job submit`'s
     entrypoint would see them). A probe that fails outright (its driver could not attach while the
-    worker's raylet was still registering on a loaded box: CI showed exit 1 with no message) is
-    run again until the deadline; the last one's stderr is in the failure."""
+    worker's raylet was still registering on a loaded box: CI showed exit 1 with no message) or
+    hangs past its own deadline (a fresh CI-like clone, both cores busy: 175 s) is run again until
+    the deadline; the failure carries the last probe's stderr and the tails of the nodes' logs."""
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = max(1.0, deadline - time.monotonic())
         probe = (
             "import ray, time\n"
             f"ray.init(address='{address}', log_to_driver=False)\n"
-            f"deadline = time.monotonic() + {remaining}\n"
+            f"deadline = time.monotonic() + {min(remaining, 60.0)}\n"
             f"while sum(n['Alive'] for n in ray.nodes()) < {count} and time.monotonic() < deadline:\n"
             "    time.sleep(0.5)\n"
             f"assert sum(n['Alive'] for n in ray.nodes()) >= {count}\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", probe], env=env, timeout=remaining + 60, capture_output=True, text=True
-        )
-        if done.returncode == 0:
-            return
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", probe],
+                env=env,
+                timeout=min(remaining, 60.0) + 60,
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode == 0:
+                return
+            stderr = done.stderr
+        except subprocess.TimeoutExpired as err:
+            stderr = f"the probe hung: {err}"
         if time.monotonic() > deadline:
-            raise AssertionError(f"{count} Ray nodes not alive at {address}: {done.stderr[-3000:]}")
+            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in logs if log.exists())
+            raise AssertionError(f"{count} Ray nodes not alive at {address}: {stderr[-3000:]}\n{tails}")
         time.sleep(2)
 
 
@@ -229,4 +243,3 @@ def test_the_demo_router_is_kept_beside_the_store_and_named_for_the_ingress(tmp_
     deployed = with_router_beside_store(store)
     assert deployed.router.artifact == str(tmp_path / "router")
     assert (tmp_path / "router" / "router.json").stat().st_mtime_ns == trained_at  # current: not retrained
-
