@@ -93,6 +93,16 @@ class SocketAgent:
         if self._warm_task is None:
             self._warm_task = loop.create_task(self.warm())
 
+    async def stop(self) -> None:
+        """Stop beating and warming: MemTier stops hearing from this socket and drops it after its
+        socket timeout, as it would a dead one (a SocketActor rejoining another MemTier)."""
+        for task in (self._heartbeat_task, self._warm_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        self._heartbeat_task = self._warm_task = None
+
     async def warmed(self) -> int:
         """Wait for the start-up warm-up (skeletons built); 0 if `start` has not run."""
         return await self._warm_task if self._warm_task is not None else 0
@@ -216,8 +226,22 @@ class SocketActor:
     """A socket without Serve: holds experts for a lease for `hold_s` and reports."""
 
     def __init__(self, config: ClusterConfig, socket_id: str, heartbeat_s: float = 0.5) -> None:
+        self.socket_id, self.heartbeat_s = socket_id, heartbeat_s
         self.agent = SocketAgent(config, socket_id, heartbeat_s=heartbeat_s)
         self._gates: dict[str, asyncio.Event] = {}
+
+    async def rejoin(self, config: ClusterConfig) -> str:
+        """Become a new, empty socket of `config`'s MemTier in this same process, warm when this
+        returns: what a freshly started actor would be, without its seconds of torch and
+        transformers imports (tests/test_memtier_cluster.py reuses its sockets across tests so)."""
+        await self.agent.stop()
+        self.agent = SocketAgent(config, self.socket_id, heartbeat_s=self.heartbeat_s)
+        self._gates.clear()
+        return await self.start(wait_warm=True)
+
+    async def leave(self) -> None:
+        """Stop beating (its MemTier is going away); `rejoin` makes it a socket again."""
+        await self.agent.stop()
 
     def _gate(self, name: str) -> asyncio.Event:
         return self._gates.setdefault(name, asyncio.Event())

@@ -1,7 +1,8 @@
 """Memtier on a real 2-node `ray.cluster_utils.Cluster`, 2 sockets per node, tiny experts.
 
-Each test runs its own MemTier (its own cluster name) over plain socket actors pinned to nodes,
-so the scenarios do not share residency.
+Each test runs its own MemTier and DDR stores (its own cluster name) over plain socket actors
+pinned to nodes, so the scenarios do not share residency: the socket processes are reused, but
+each test's sockets start empty (`SocketActor.rejoin`), as new ones would.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 
 import pytest
 import ray
+from ray.actor import ActorHandle
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -36,20 +38,21 @@ def ray_cluster():
 
 
 class Rig:
-    """A MemTier plus 2x2 socket actors for one test."""
+    """A MemTier plus up to 2x2 sockets for one test, taken from the module's socket pool."""
 
     def __init__(
         self,
         config: ClusterConfig,
+        pool: dict[str, ActorHandle],
         *,
         saturation: int | None = None,
         socket_timeout_s: float = 2.0,
         holder_timeout_s: float = 10.0,
         sockets_per_node: int | None = None,
     ):
-        """`sockets_per_node` (default: the topology's) is lower for a test that needs fewer: each
-        socket is a process that imports torch and transformers, seconds of a 2-core box's CPU."""
+        """`sockets_per_node` (default: the topology's) is lower for a test that needs fewer."""
         self.config = config
+        self.pool = pool
         self.memtier = start_memtier(
             config.name,
             {e.id: e.size_bytes for e in config.experts},
@@ -63,23 +66,34 @@ class Rig:
         self.node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])[:2]
         self.sockets = {}
         per_node = config.topology.sockets_per_node if sockets_per_node is None else sockets_per_node
+        joined = []
         for n, node_id in enumerate(self.node_ids):
             for s in range(per_node):
                 socket_id = f"n{n}-s{s}"
-                actor = SocketActor.options(
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
-                ).remote(config, socket_id, 0.3)
-                self.sockets[socket_id] = actor
+                if socket_id in pool:  # an empty socket of this test's MemTier, in the same process
+                    joined.append(pool[socket_id].rejoin.remote(config))
+                else:
+                    pool[socket_id] = SocketActor.options(
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+                    ).remote(config, socket_id, 0.3)
+                    joined.append(pool[socket_id].start.remote(wait_warm=True))
+                self.sockets[socket_id] = pool[socket_id]
         # Each test starts from warm sockets (skeletons built, the node's DDR store found): the
-        # warm-up is seconds of imports per socket, which on a loaded 2-core box outlasted
+        # warm-up is seconds of imports per new socket, which on a loaded 2-core box outlasted
         # place_timeout_s for requests queued behind the first ones, and left sockets beating
         # MemTier directly while a test counted their node's relayed beats.
-        ray.get([a.start.remote(wait_warm=True) for a in self.sockets.values()])
+        ray.get(joined)
 
     def close(self) -> None:
-        """Kill this test's actors so later tests do not share the CPUs with their heartbeats."""
-        for actor in self.sockets.values():
-            ray.kill(actor)
+        """Silence this test's sockets (the pool keeps their processes; one the test killed leaves
+        the pool) and kill its MemTier and DDR stores, so later tests do not share the CPUs with
+        their heartbeats."""
+        for socket_id, actor in self.sockets.items():
+            try:
+                ray.get(actor.leave.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                self.pool.pop(socket_id, None)
+                ray.kill(actor)
         for node_id in self.node_ids:
             ray.kill(self.ddr(node_id))
         ray.kill(self.memtier)
@@ -114,12 +128,23 @@ class Rig:
             check_ddr(held, topology.ddr_per_node, sizes, node_id)
 
 
+@pytest.fixture(scope="module")
+def socket_pool(ray_cluster):
+    """Socket actors by socket id ("n0-s1"), shared by the module's rigs: each rig makes them empty
+    sockets of its own MemTier (`SocketActor.rejoin`). A socket process costs ~8 CPU-s of torch and
+    transformers imports to start; this module started 24 of them, one rig at a time."""
+    pool: dict[str, ActorHandle] = {}
+    yield pool
+    for actor in pool.values():
+        ray.kill(actor)
+
+
 @pytest.fixture()
-def make_rig(ray_cluster):
+def make_rig(socket_pool):
     rigs: list[Rig] = []
 
     def make(config: ClusterConfig, **options) -> Rig:
-        rigs.append(Rig(config, **options))
+        rigs.append(Rig(config, socket_pool, **options))
         return rigs[-1]
 
     yield make
