@@ -50,6 +50,10 @@ if TYPE_CHECKING:  # telemetry imports this module
 
 logger = logging.getLogger("ray.serve")
 COE_MODEL = "coe"
+# After a LeaseMismatch: 0.2 s, 0.4 s, ... up to 2 s between placements, until the request's
+# deadline. Serve's router learns of a new replica by long poll, in well under a second when idle.
+MISMATCH_PAUSE_S = 0.2
+MAX_MISMATCH_PAUSE_S = 2.0
 
 
 @dataclass
@@ -227,6 +231,11 @@ class CoEService:
         callers (`buffered=False`) can only be retried before their first token; a buffered
         caller (a non-streaming response) gets the whole answer from one attempt, so a crash
         at any point is retried.
+
+        A lease on a socket this process's Serve router does not know yet (LeaseMismatch) is
+        placed again, with a growing pause, until the request's deadline: after a socket dies,
+        Serve's replacement registers with MemTier, which places on it (empty, least loaded),
+        before the router hears of it; on a loaded CI box that took longer than three tries.
         """
         payload = SocketRequest(
             expert=prepared.expert,
@@ -242,7 +251,9 @@ class CoEService:
         ).model_dump()
         deadline = time.monotonic() + self.config.limits.request_timeout_s
         retried = False
-        for attempt in range(3):
+        placements = 0
+        while True:
+            placements += 1
             lease = await self._place(prepared.expert)
             responses = self.sockets.options(stream=True).generate.remote(
                 payload, socket=lease.socket_id, lease=lease
@@ -305,8 +316,11 @@ class CoEService:
                 cause = _cause(err)
                 if isinstance(cause, LeaseMismatch):
                     self.leases.forget_socket(lease.socket_id)  # no replica answers for it: keep none there
-                    await asyncio.sleep(0.2 * (attempt + 1))
-                    continue  # the router lost the leased replica: place again
+                    pause = min(MISMATCH_PAUSE_S * placements, MAX_MISMATCH_PAUSE_S)
+                    if time.monotonic() + pause >= deadline:
+                        break
+                    await asyncio.sleep(pause)
+                    continue  # the router lost (or has not yet met) the leased replica: place again
                 if isinstance(err, RayActorError) or isinstance(cause, RayActorError):
                     logger.warning("socket %s failed mid-request (%s); dropping it", lease.socket_id, err)
                     self.leases.forget_socket(lease.socket_id)
@@ -323,7 +337,9 @@ class CoEService:
                 responses.cancel()
                 await self._release(lease.lease_id)
                 raise
-        raise SocketFailed("could not reach a socket for this request after 3 placements", retry_after_s=1.0)
+        raise SocketFailed(
+            f"could not reach a socket for this request after {placements} placements", retry_after_s=1.0
+        )
 
     async def _release(self, lease_id: str, report=None, *, reuse: bool = False) -> None:
         """Release at MemTier; `reuse` (the request ended normally) lets the client keep the lease."""

@@ -19,6 +19,7 @@ import pytest
 from ray.exceptions import RayActorError, RayTaskError
 
 from cluster.config import ObservabilityConfig
+from deployments import service as service_module
 from deployments.errors import (
     CoEError,
     DeadlineExceeded,
@@ -231,6 +232,30 @@ def test_a_lease_mismatch_is_placed_again_without_dropping_the_socket(config, me
     assert [e.text for e in events] == ["ok"]
     assert [lease.socket_id for lease in memtier.placed] == ["s0", "s1"]
     assert memtier.released == ["L0"] and memtier.dropped == []  # the socket is fine: the router missed
+
+
+def test_lease_mismatches_are_placed_again_past_three_tries_while_the_deadline_allows(
+    config, memtier, monkeypatch
+):
+    """A replica Serve's router has not met yet (a replacement for a dead socket) refuses lease
+    after lease until the router catches up: five refusals, then the sixth placement answers."""
+    monkeypatch.setattr(service_module, "MISMATCH_PAUSE_S", 0.001)
+    mismatch = RayTaskError("generate", "traceback", LeaseMismatch("lease names s1, this is s0"))
+    sockets = FakeSockets(*[[mismatch]] * 5, [activation, token("ok", 1, "length")])
+    events = asyncio.run(_drain(CoEService(config, sockets)))
+    assert [e.text for e in events] == ["ok"] and len(memtier.placed) == 6
+    assert memtier.released == [f"L{i}" for i in range(5)] and memtier.dropped == []
+
+
+def test_lease_mismatches_until_the_deadline_are_a_503_naming_the_placements(config, memtier, monkeypatch):
+    monkeypatch.setattr(service_module, "MISMATCH_PAUSE_S", 0.01)
+    monkeypatch.setattr(service_module, "MAX_MISMATCH_PAUSE_S", 0.05)
+    mismatch = RayTaskError("generate", "traceback", LeaseMismatch("lease names s1, this is s0"))
+    sockets = FakeSockets(*[[mismatch]] * 1000)  # request_timeout_s is 0.5 s (the config fixture)
+    err = _raises(_drain(CoEService(config, sockets)))
+    assert err.status == 503 and err.code == "socket_failed"
+    assert f"after {len(memtier.placed)} placements" in err.message and len(memtier.placed) > 3
+    assert len(memtier.released) == len(memtier.placed) and memtier.dropped == []  # nothing kept
 
 
 def test_a_generation_error_on_the_socket_is_a_500_without_its_internals(config, memtier):
