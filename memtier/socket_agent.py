@@ -226,7 +226,6 @@ class SocketActor:
     """A socket without Serve: holds experts for a lease for `hold_s` and reports."""
 
     def __init__(self, config: ClusterConfig, socket_id: str, heartbeat_s: float = 0.5) -> None:
-        self.socket_id, self.heartbeat_s = socket_id, heartbeat_s
         self.agent = SocketAgent(config, socket_id, heartbeat_s=heartbeat_s)
         self._gates: dict[str, asyncio.Event] = {}
 
@@ -235,7 +234,7 @@ class SocketActor:
         returns: what a freshly started actor would be, without its seconds of torch and
         transformers imports (tests/test_memtier_cluster.py reuses its sockets across tests so)."""
         await self.agent.stop()
-        self.agent = SocketAgent(config, self.socket_id, heartbeat_s=self.heartbeat_s)
+        self.agent = SocketAgent(config, self.agent.socket_id, heartbeat_s=self.agent.heartbeat_s)
         self._gates.clear()
         return await self.start(wait_warm=True)
 
