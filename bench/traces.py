@@ -23,9 +23,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.workloads import zipf_probabilities
+from bench.workloads import Forecast, zipf_probabilities
 
-__all__ = ["SIZE_CLASSES", "bursty_trace", "diurnal_trace", "mixed_sizes", "session_trace"]
+__all__ = [
+    "SIZE_CLASSES",
+    "bursty_forecast",
+    "bursty_trace",
+    "diurnal_forecast",
+    "diurnal_trace",
+    "mixed_sizes",
+    "session_forecast",
+    "session_trace",
+]
 
 # Byte multiples of the three size classes (issue 17: "random-weight configs at 1x/2.5x/6x bytes").
 SIZE_CLASSES: tuple[float, ...] = (1.0, 2.5, 6.0)
@@ -43,6 +52,20 @@ def bursty_trace(
 ) -> list[str]:
     """Zipf(s) requests whose ranking is one of ``states`` random permutations, switching after a
     geometric number of requests (mean ``mean_dwell``) to a uniformly chosen other state."""
+    return _bursty(experts, n, s, seed, states, mean_dwell)[0]
+
+
+def bursty_forecast(
+    experts: list[str], n: int, s: float, seed: int, *, states: int = 4, mean_dwell: int = 400
+) -> Forecast:
+    """The law of each request of `bursty_trace` (same arguments): its state's ranking, as known
+    to an oracle that sees the hidden state, even the moment it switches."""
+    return _bursty(experts, n, s, seed, states, mean_dwell)[1]
+
+
+def _bursty(
+    experts: list[str], n: int, s: float, seed: int, states: int, mean_dwell: int
+) -> tuple[list[str], Forecast]:
     _check(experts, n)
     if states < 1 or mean_dwell < 1:
         raise ValueError(f"states and mean_dwell must be >= 1, got {states} and {mean_dwell}")
@@ -50,33 +73,36 @@ def bursty_trace(
     p = zipf_probabilities(len(experts), s)
     rankings = [np.arange(len(experts))] + [rng.permutation(len(experts)) for _ in range(states - 1)]
     out: list[str] = []
+    laws = np.empty((n, len(experts)))
     state = 0
     while len(out) < n:
         dwell = min(int(rng.geometric(1.0 / mean_dwell)), n - len(out))
         ranks = rng.choice(len(experts), size=dwell, p=p)
+        laws[len(out) : len(out) + dwell, rankings[state]] = p  # experts[ranking[r]] has Zipf rank r
         out.extend(experts[rankings[state][r]] for r in ranks)
         if states > 1:
             state = (state + int(rng.integers(1, states))) % states
-    return out
+    return out, Forecast(tuple(experts), laws)
 
 
 def diurnal_trace(experts: list[str], n: int, s: float, seed: int, *, period: int = 2000) -> list[str]:
     """Zipf(s) popularity that moves smoothly from one ranking (day) to a shifted one (night) and
     back every ``period`` requests: p_t = w_t * day + (1 - w_t) * night, w_t = (1 + cos 2*pi*t/period) / 2."""
+    laws = diurnal_forecast(experts, n, s, period=period).laws
+    u = np.random.default_rng(seed).random(n)
+    last = len(experts) - 1
+    return [experts[min(int(np.searchsorted(np.cumsum(p), x)), last)] for p, x in zip(laws, u, strict=True)]
+
+
+def diurnal_forecast(experts: list[str], n: int, s: float, *, period: int = 2000) -> Forecast:
+    """The law p_t of each request of `diurnal_trace` (it depends on t alone, not on the seed)."""
     _check(experts, n)
     if period < 2:
         raise ValueError(f"period must be >= 2 requests, got {period}")
-    rng = np.random.default_rng(seed)
     day = zipf_probabilities(len(experts), s)
     night = np.roll(day, len(experts) // 2)  # the cold half becomes the hot half
-    t = np.arange(n)
-    weight = (1.0 + np.cos(2.0 * np.pi * t / period)) / 2.0
-    u = rng.random(n)
-    out: list[str] = []
-    for i in range(n):
-        p = weight[i] * day + (1.0 - weight[i]) * night
-        out.append(experts[min(int(np.searchsorted(np.cumsum(p), u[i])), len(experts) - 1)])
-    return out
+    weight = (1.0 + np.cos(2.0 * np.pi * np.arange(n) / period)) / 2.0
+    return Forecast(tuple(experts), weight[:, None] * day + (1.0 - weight[:, None]) * night)
 
 
 def session_trace(
@@ -85,23 +111,51 @@ def session_trace(
     """``concurrent`` live conversations; each request is the next turn of a random live one. A
     conversation's expert is drawn Zipf(s) when it starts; it lasts a geometric number of turns
     (mean ``mean_turns``), then a new conversation takes its place."""
+    return _sessions(experts, n, s, seed, concurrent, mean_turns)[0]
+
+
+def session_forecast(
+    experts: list[str], n: int, s: float, seed: int, *, concurrent: int = 6, mean_turns: float = 4.0
+) -> Forecast:
+    """The law of each request of `session_trace` (same arguments) for an oracle that knows which
+    conversation slot every past request came from, but not when a conversation ends (no server
+    does) nor a new one's expert before its first turn: the next request is a uniform slot's
+    turn; a slot last seen with expert e continues it with probability 1 - 1/mean_turns (the
+    geometric length is memoryless), else starts a new Zipf(s) conversation."""
+    return _sessions(experts, n, s, seed, concurrent, mean_turns)[1]
+
+
+def _sessions(
+    experts: list[str], n: int, s: float, seed: int, concurrent: int, mean_turns: float
+) -> tuple[list[str], Forecast]:
     _check(experts, n)
     if concurrent < 1 or mean_turns < 1:
         raise ValueError(f"concurrent and mean_turns must be >= 1, got {concurrent} and {mean_turns}")
     rng = np.random.default_rng(seed)
     p = zipf_probabilities(len(experts), s)
+    goes_on = 1.0 - 1.0 / mean_turns
 
     def new_session() -> list:
         return [int(rng.choice(len(experts), p=p)), int(rng.geometric(1.0 / mean_turns))]
 
+    def slot_law(last_seen: int | None) -> np.ndarray:
+        law = p.copy() if last_seen is None else (1.0 - goes_on) * p
+        if last_seen is not None:
+            law[last_seen] += goes_on
+        return law / concurrent
+
     live = [new_session() for _ in range(concurrent)]
+    seen: list[int | None] = [None] * concurrent
     out: list[str] = []
-    for _ in range(n):
+    laws = np.empty((n, len(experts)))
+    for t in range(n):
+        laws[t] = sum(slot_law(e) for e in seen)
         slot = int(rng.integers(concurrent))
         expert, turns_left = live[slot]
         out.append(experts[expert])
+        seen[slot] = expert
         live[slot] = [expert, turns_left - 1] if turns_left > 1 else new_session()
-    return out
+    return out, Forecast(tuple(experts), laws)
 
 
 def mixed_sizes(

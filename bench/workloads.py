@@ -7,9 +7,44 @@ is rank 1, the most requested under a Zipf law.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["phase_shift_trace", "uniform_trace", "zipf_probabilities", "zipf_trace"]
+__all__ = [
+    "Forecast",
+    "phase_shift_forecast",
+    "phase_shift_trace",
+    "uniform_trace",
+    "zipf_forecast",
+    "zipf_probabilities",
+    "zipf_trace",
+]
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """What an oracle expects of each request of a generated trace: row t of `laws` is the law
+    request t is drawn from, given the generator's hidden state (its popularity ranking, its
+    phase, its live conversations) but none of its future draws.
+
+    No online policy or prefetcher knows more than that, and under such a law a request hits at
+    most the mass of the experts held when it arrives, whatever was paged in before. So
+    `miss_floor` bounds the misses any of them can expect (for i.i.d. requests this is Aho,
+    Denning and Ullman's A0 argument, "Principles of optimal page replacement", JACM 1971).
+    """
+
+    experts: tuple[str, ...]
+    laws: np.ndarray  # [n, E]: rows sum to 1, columns in `experts` order
+
+    def miss_floor(self, slots: int) -> float:
+        """Expected misses, over the whole trace, of a cache that always holds the `slots`
+        likeliest experts of the next request (paged in for free; cold misses not counted)."""
+        if slots >= len(self.experts):
+            return 0.0
+        held = -np.partition(-self.laws, slots - 1, axis=1)[:, :slots] if slots > 0 else self.laws[:, :0]
+        return float((1.0 - held.sum(axis=1)).clip(min=0.0).sum())
 
 
 def zipf_probabilities(n_experts: int, s: float) -> np.ndarray:
@@ -38,6 +73,12 @@ def zipf_trace(experts: list[str], n: int, s: float, seed: int) -> list[str]:
     return _sample(experts, n, zipf_probabilities(len(experts), s), rng)
 
 
+def zipf_forecast(experts: Sequence[str], n: int, s: float) -> Forecast:
+    """`zipf_trace`'s law: the same Zipf(s) for every request."""
+    laws = np.broadcast_to(zipf_probabilities(len(experts), s), (n, len(experts)))
+    return Forecast(tuple(experts), laws)
+
+
 def uniform_trace(experts: list[str], n: int, seed: int) -> list[str]:
     """``n`` requests, every expert equally likely: the case where no policy can beat capacity/N."""
     return zipf_trace(experts, n, 0.0, seed)
@@ -61,3 +102,14 @@ def phase_shift_trace(experts: list[str], n: int, s: float, seed: int, shift: in
     rotated = experts[shift:] + experts[:shift]
     first_half = n // 2
     return _sample(experts, first_half, p, rng) + _sample(rotated, n - first_half, p, rng)
+
+
+def phase_shift_forecast(experts: Sequence[str], n: int, s: float, shift: int | None = None) -> Forecast:
+    """`phase_shift_trace`'s law: Zipf(s) by list rank, then by the rotated rank from the midpoint
+    (an oracle that knows the moment of the shift)."""
+    p = zipf_probabilities(len(experts), s)
+    shift = (len(experts) // 2 if shift is None else shift) % len(experts)
+    laws = np.empty((n, len(experts)))
+    laws[: n // 2] = p
+    laws[n // 2 :] = np.roll(p, shift)  # rotated[r] = experts[(shift + r) % E] has Zipf rank r
+    return Forecast(tuple(experts), laws)

@@ -7,13 +7,30 @@ from collections import Counter
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.policy import MIXED_POLICIES, POLICIES, BenchReport, main, opt_bound, replay, sweep
-from bench.traces import SIZE_CLASSES, bursty_trace, diurnal_trace, mixed_sizes, session_trace
-from bench.workloads import phase_shift_trace, uniform_trace, zipf_trace
+from bench.traces import (
+    SIZE_CLASSES,
+    bursty_forecast,
+    bursty_trace,
+    diurnal_forecast,
+    diurnal_trace,
+    mixed_sizes,
+    session_forecast,
+    session_trace,
+)
+from bench.workloads import (
+    Forecast,
+    phase_shift_forecast,
+    phase_shift_trace,
+    uniform_trace,
+    zipf_forecast,
+    zipf_trace,
+)
 
 EXPERTS = [f"e{i:02d}" for i in range(16)]
 
@@ -225,6 +242,46 @@ def test_new_traces_are_deterministic_and_shaped_as_described() -> None:
     assert Counter(bursty_trace(EXPERTS, 3000, 1.0, 0, states=1)).most_common(1)[0][0] == EXPERTS[0]
 
 
+def _traces_with_forecasts(n: int, seed: int) -> dict[str, tuple[list[str], Forecast]]:
+    return {
+        "zipf": (zipf_trace(EXPERTS, n, 1.0, seed), zipf_forecast(EXPERTS, n, 1.0)),
+        "phase": (phase_shift_trace(EXPERTS, n, 1.0, seed), phase_shift_forecast(EXPERTS, n, 1.0)),
+        "bursty": (bursty_trace(EXPERTS, n, 1.0, seed), bursty_forecast(EXPERTS, n, 1.0, seed)),
+        "diurnal": (diurnal_trace(EXPERTS, n, 1.0, seed), diurnal_forecast(EXPERTS, n, 1.0)),
+        "sessions": (session_trace(EXPERTS, n, 1.0, seed), session_forecast(EXPERTS, n, 1.0, seed)),
+    }
+
+
+def test_forecasts_are_the_laws_the_traces_are_drawn_from() -> None:
+    """Calibration: over the trace, each expert's requests match the sum of the probabilities its
+    forecast gave it (within 4 standard deviations), and a forecast that knows the hidden state
+    gives the requests that came more probability than the stationary Zipf law does."""
+    n = 6000
+    stationary = zipf_forecast(EXPERTS, n, 1.0).laws
+    for name, (trace, forecast) in _traces_with_forecasts(n, seed=3).items():
+        laws = forecast.laws
+        assert laws.shape == (n, len(EXPERTS)) and np.allclose(laws.sum(axis=1), 1.0), name
+        column = np.array([EXPERTS.index(e) for e in trace])
+        counts = np.bincount(column, minlength=len(EXPERTS))
+        expected, spread = laws.sum(axis=0), np.sqrt((laws * (1 - laws)).sum(axis=0))
+        assert np.all(np.abs(counts - expected) <= 4 * spread + 1), (name, counts, expected.round())
+        given_to_trace = laws[np.arange(n), column].mean()
+        if name == "zipf":
+            assert given_to_trace == pytest.approx(stationary[np.arange(n), column].mean())
+        else:
+            assert given_to_trace > 1.2 * stationary[np.arange(n), column].mean(), name
+
+
+def test_the_miss_floor_is_the_mass_outside_the_likeliest_experts() -> None:
+    laws = np.array([[0.5, 0.3, 0.2], [0.0, 1.0, 0.0], [0.1, 0.1, 0.8]])
+    forecast = Forecast(("a", "b", "c"), laws)
+    assert [forecast.miss_floor(k) for k in (0, 1, 2, 3, 4)] == pytest.approx([3.0, 0.7, 0.3, 0.0, 0.0])
+    # on an i.i.d. trace it agrees with counting the requests outside the k most requested
+    trace, zipf = _traces_with_forecasts(20_000, seed=0)["zipf"]
+    outside = sum(sorted(Counter(trace).values(), reverse=True)[8:])
+    assert zipf.miss_floor(8) == pytest.approx(outside, rel=0.05)
+
+
 def test_mixed_sizes_use_every_class_independently_of_rank() -> None:
     sizes = mixed_sizes(EXPERTS, 10, seed=0)
     assert sorted(set(sizes.values())) == sorted(round(10 * c) for c in SIZE_CLASSES)
@@ -251,3 +308,4 @@ def test_cli_writes_json_markdown_plot_and_goals(tmp_path: Path, capsys: pytest.
     assert report.command in markdown and "| budget (experts) |" in markdown and "OPT-BOUND" in markdown
     assert (tmp_path / "policy_hit_rate.png").read_bytes()[:4] == b"\x89PNG"
     assert "Checks met" in capsys.readouterr().out
+

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.prefetch import PrefetchReport, iid_stall_floor, main
+from bench.prefetch import PrefetchReport, main
 from cluster.config import MemtierConfig
 from memtier.models import ActivationReport, SocketInfo
 from memtier.pager import MemTierCore
@@ -115,13 +115,16 @@ def test_bench_prefetch_small_run(tmp_path: Path) -> None:
         assert c.off.requests == c.on.requests == 400
         assert c.off.prefetched_bytes == 0 and c.off.prefetch_stats.hbm_started == 0
         assert c.on.wasted_bytes <= c.on.prefetched_bytes
-        # only the i.i.d. trace has a bound (here 8 experts fit the 8 sockets: the floor is 0)
-        assert (c.max_reduction is not None) == c.workload.startswith("zipf")
-        if c.max_reduction is not None:
-            assert c.iid_floor_stalled == 0 and c.max_reduction == 1.0
+        # 8 experts fit the 8 sockets: every law's 8 likeliest are all of them, so the floor is 0
+        assert c.floor_stalled == 0.0 and c.max_reduction == 1.0
     assert "Prefetch on vs off" in (tmp_path / "prefetch.md").read_text()
 
 
-def test_the_iid_floor_counts_requests_outside_the_most_requested_experts() -> None:
-    trace = ["a"] * 5 + ["b"] * 3 + ["c"] * 2 + ["a", "b"]
-    assert [iid_stall_floor(trace, slots) for slots in (0, 1, 2, 3, 4)] == [12, 6, 2, 0, 0]
+def test_bench_prefetch_floor_lies_under_what_prefetch_reached(tmp_path: Path) -> None:
+    """With 16 experts on 8 sockets the floor is positive on every trace and no run beats it by
+    more than sampling noise (the floor is an expectation, the stalls one draw)."""
+    report = main(["--requests", "3000", "--out", str(tmp_path)])
+    for c in report.comparisons:
+        assert 0.0 < c.floor_stalled < c.off.stalled
+        assert c.on.stalled > 0.9 * c.floor_stalled
+        assert c.max_reduction == 1.0 - c.floor_stalled / c.off.stalled
