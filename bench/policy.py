@@ -20,6 +20,11 @@ Policies:
   the LRFU half-life online; size-aware), run through the production ``ByteBudgetLRU(policy=...)``.
 * ``ADAPTIVE+ADMIT``: the same with admission on: a miss scoring below every victim it displaced
   is served, then dropped.
+* ``ORACLE`` (only with a ``Forecast``, not in the tables): A0 (Aho, Denning and Ullman, JACM 1971),
+  evict the resident the next request is least likely to want by the law the trace generator
+  draws it from. Under i.i.d. requests and equal sizes no online demand-paging policy expects
+  more hits; it knows the popularity that every other policy here has to learn from the trace,
+  so it shows how much of a gap to OPT is learning and how much is not knowing the future.
 * ``OPT``: Belady's MIN, evict the resident whose next request is farthest in the future
   (never again counts as infinitely far), LRU among ties. With equal sizes this is the best
   any demand-paging policy can do, so it bounds the others.
@@ -48,7 +53,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from bench.traces import SIZE_CLASSES, bursty_trace, diurnal_trace, mixed_sizes, session_trace
-from bench.workloads import phase_shift_trace, uniform_trace, zipf_trace
+from bench.workloads import Forecast, phase_shift_trace, uniform_trace, zipf_trace
 from memtier.lru import ByteBudgetLRU
 from memtier.policy import AdaptiveLRFU, EvictionPolicy
 
@@ -68,6 +73,9 @@ MIXED_POLICIES: tuple[str, ...] = (*POLICIES, "BELADY-SIZE", "OPT-BOUND")
 DEFAULT_POLICY = "ADAPTIVE"
 GOAL_VS_BEST_OF_LRU_LFU = -0.01  # issue 17: default >= max(LRU, LFU) - 0.01 on every trace and budget
 GOAL_ZIPF_VS_OPT = 0.88  # issue 17: default >= 0.88x OPT on stationary Zipf (equal sizes)
+# issue 17: bench.compare's CoE hit rate >= 0.9x OPT (round 1 asked 0.95; results committed before this
+# print 0.95). Here because bench.online_ceiling checks it without bench.compare's imports (Ray, torch).
+GOAL_OPT_RATIO = 0.9
 
 
 class PolicyResult(BaseModel):
@@ -186,6 +194,19 @@ class _OPT(_Chooser):
         return -distance * self._sizes[key] if self._sizes is not None else -distance
 
 
+class _Oracle(_Chooser):
+    def __init__(self, forecast: Forecast) -> None:
+        self._laws = forecast.laws
+        self._column = {expert: i for i, expert in enumerate(forecast.experts)}
+        self._next = 0
+
+    def before_request(self, t: int, key: str) -> None:
+        self._next = min(t + 1, len(self._laws) - 1)  # victims are chosen for the request after this one
+
+    def score(self, key: str) -> float:
+        return float(self._laws[self._next, self._column[key]])
+
+
 def _next_use_positions(trace: Sequence[str]) -> list[float]:
     """For each position, the position of the next request for the same key (inf if none)."""
     next_use: list[float] = [math.inf] * len(trace)
@@ -250,10 +271,24 @@ def opt_bound(trace: Sequence[str], sizes: Mapping[str, int], capacity_bytes: in
 
 
 # --------------------------------------------------------------------------- replay
-def _validate(trace: Sequence[str], sizes: Mapping[str, int], capacity_bytes: int, policy: str) -> None:
+def _validate(
+    trace: Sequence[str],
+    sizes: Mapping[str, int],
+    capacity_bytes: int,
+    policy: str,
+    forecast: Forecast | None = None,
+) -> None:
     """Reject inputs that would make a result meaningless, naming the value and the fix."""
-    if policy not in _CHOOSERS and policy != "OPT-BOUND":
-        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(MIXED_POLICIES)}")
+    if policy not in _CHOOSERS and policy not in ("OPT-BOUND", "ORACLE"):
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(MIXED_POLICIES)} or ORACLE")
+    if policy == "ORACLE":
+        if forecast is None:
+            raise ValueError("policy ORACLE needs forecast= (the law of each request, e.g. zipf_forecast)")
+        if len(forecast.laws) != len(trace) or not set(trace) <= set(forecast.experts):
+            raise ValueError(
+                f"the forecast has {len(forecast.laws)} laws over {len(forecast.experts)} experts; the trace "
+                f"has {len(trace)} requests over {len(set(trace))}: build both with the same arguments"
+            )
     if capacity_bytes < 0:
         raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
     missing = sorted(set(trace) - set(sizes))
@@ -268,12 +303,20 @@ def _validate(trace: Sequence[str], sizes: Mapping[str, int], capacity_bytes: in
         )
 
 
-def replay(trace: Sequence[str], sizes: Mapping[str, int], capacity_bytes: int, policy: str) -> PolicyResult:
-    """Serve ``trace`` in order from a cache of ``capacity_bytes`` run by ``policy``."""
+def replay(
+    trace: Sequence[str],
+    sizes: Mapping[str, int],
+    capacity_bytes: int,
+    policy: str,
+    forecast: Forecast | None = None,
+) -> PolicyResult:
+    """Serve ``trace`` in order from a cache of ``capacity_bytes`` run by ``policy`` (``ORACLE``
+    also needs the ``forecast`` the trace was drawn from)."""
     if policy == "OPT-BOUND":
         return opt_bound(trace, sizes, capacity_bytes)
-    _validate(trace, sizes, capacity_bytes, policy)
-    chooser = _CHOOSERS[policy](trace, sizes, capacity_bytes)
+    _validate(trace, sizes, capacity_bytes, policy, forecast)
+    oracle = policy == "ORACLE" and forecast is not None  # _validate made sure ORACLE has one
+    chooser = _Oracle(forecast) if oracle else _CHOOSERS[policy](trace, sizes, capacity_bytes)
     cache: ByteBudgetLRU[str] = ByteBudgetLRU(capacity_bytes, policy=chooser.policy)
     hits = evictions = bytes_loaded = 0
     for t, key in enumerate(trace):

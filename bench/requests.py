@@ -16,10 +16,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from bench.workloads import phase_shift_trace, uniform_trace, zipf_trace
+from bench.workloads import (
+    Forecast,
+    phase_shift_forecast,
+    phase_shift_trace,
+    uniform_trace,
+    zipf_forecast,
+    zipf_trace,
+)
 from cluster.paths import REPO_ROOT
 
-__all__ = ["WORKLOADS", "RequestSpec", "build_requests", "heldout_prompts", "item_trace"]
+__all__ = ["WORKLOADS", "RequestSpec", "build_requests", "heldout_prompts", "item_forecast", "item_trace"]
 
 WORKLOADS = ("zipf", "uniform", "phase")
 HELDOUT = REPO_ROOT / "router" / "data" / "heldout.jsonl"
@@ -54,6 +61,18 @@ def item_trace(items: Sequence[str], n: int, workload: str, zipf_s: float, seed:
         return uniform_trace(items, n, seed)
     if workload == "phase":
         return phase_shift_trace(items, n, zipf_s, seed)
+    raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+
+
+def item_forecast(items: Sequence[str], n: int, workload: str, zipf_s: float) -> Forecast:
+    """The law of each draw of `item_trace` (same arguments but the seed): for `bench.policy`'s ORACLE."""
+    items = list(items)
+    if workload == "zipf":
+        return zipf_forecast(items, n, zipf_s)
+    if workload == "uniform":
+        return zipf_forecast(items, n, 0.0)
+    if workload == "phase":
+        return phase_shift_forecast(items, n, zipf_s)
     raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
 
 
