@@ -15,7 +15,6 @@ Run ``python -m bench.online_ceiling --help``; results go to
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pydantic import BaseModel, Field
 from bench.policy import GOAL_OPT_RATIO, POLICIES, replay
 from bench.requests import WORKLOADS, build_requests, item_forecast
 from bench.result_files import write_result
+from bench.settings_cli import parse_settings
 
 __all__ = ["CeilingReport", "CeilingSettings", "main", "seed_hit_rates"]
 
@@ -123,21 +123,11 @@ def markdown(report: CeilingReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    description = __doc__.split("\n")[0]
-    parser = argparse.ArgumentParser(prog="python -m bench.online_ceiling", description=description)
-    for name, field in CeilingSettings.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> CeilingReport:
-    args = _parse_args(argv)
-    settings = CeilingSettings(**{name: getattr(args, name) for name in CeilingSettings.model_fields})
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.model_dump().items())
-    report = build_report(settings, f"python -m bench.online_ceiling {flags} --out {args.out}")
-    write_result(args.out, "online_ceiling", report.model_dump(), markdown(report))
+    prog, description = "python -m bench.online_ceiling", __doc__.split("\n")[0]
+    settings, out, command = parse_settings(CeilingSettings, prog, description, argv, RESULTS)
+    report = build_report(settings, command)
+    write_result(out, "online_ceiling", report.model_dump(), markdown(report))
     return report
 
 

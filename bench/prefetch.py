@@ -20,7 +20,6 @@ Run ``python -m bench.prefetch --help``; results go to ``bench/results/prefetch.
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
 from collections import deque
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from bench.settings_cli import parse_settings
 from bench.traces import bursty_forecast, bursty_trace, session_forecast, session_trace
 from bench.workloads import Forecast, phase_shift_forecast, phase_shift_trace, zipf_forecast, zipf_trace
 from cluster.config import MemtierConfig
@@ -308,14 +308,6 @@ def compare(s: SimSettings) -> list[Comparison]:
 
 
 # --------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.prefetch", description=__doc__.split("\n")[0])
-    for name, field in SimSettings.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    return parser.parse_args(argv)
-
-
 def markdown(report: PrefetchReport) -> str:
     s = report.settings
     lines = [
@@ -371,17 +363,12 @@ def markdown(report: PrefetchReport) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> PrefetchReport:
-    args = _parse_args(argv)
-    settings = SimSettings(**{name: getattr(args, name) for name in SimSettings.model_fields})
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.model_dump().items())
-    report = PrefetchReport(
-        command=f"python -m bench.prefetch {flags} --out {args.out}",
-        settings=settings,
-        comparisons=compare(settings),
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prefetch.json").write_text(report.model_dump_json(indent=2) + "\n")
-    (args.out / "prefetch.md").write_text(markdown(report))
+    prog, description = "python -m bench.prefetch", __doc__.split("\n")[0]
+    settings, out, command = parse_settings(SimSettings, prog, description, argv, Path("bench/results"))
+    report = PrefetchReport(command=command, settings=settings, comparisons=compare(settings))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prefetch.json").write_text(report.model_dump_json(indent=2) + "\n")
+    (out / "prefetch.md").write_text(markdown(report))
     print(markdown(report))
     return report
 
