@@ -60,12 +60,20 @@ def bursty_forecast(
 ) -> Forecast:
     """The law of each request of `bursty_trace` (same arguments): its state's ranking, as known
     to an oracle that sees the hidden state, even the moment it switches."""
-    return _bursty(experts, n, s, seed, states, mean_dwell)[1]
+    _, dwells = _bursty(experts, n, s, seed, states, mean_dwell)
+    p = zipf_probabilities(len(experts), s)
+    laws = np.empty((n, len(experts)))
+    start = 0
+    for dwell, ranking in dwells:
+        laws[start : start + dwell, ranking] = p  # experts[ranking[r]] has Zipf rank r
+        start += dwell
+    return Forecast(tuple(experts), laws)
 
 
 def _bursty(
     experts: list[str], n: int, s: float, seed: int, states: int, mean_dwell: int
-) -> tuple[list[str], Forecast]:
+) -> tuple[list[str], list[tuple[int, np.ndarray]]]:
+    """The trace and its (length, ranking) dwells, in order."""
     _check(experts, n)
     if states < 1 or mean_dwell < 1:
         raise ValueError(f"states and mean_dwell must be >= 1, got {states} and {mean_dwell}")
@@ -73,36 +81,44 @@ def _bursty(
     p = zipf_probabilities(len(experts), s)
     rankings = [np.arange(len(experts))] + [rng.permutation(len(experts)) for _ in range(states - 1)]
     out: list[str] = []
-    laws = np.empty((n, len(experts)))
+    dwells: list[tuple[int, np.ndarray]] = []
     state = 0
     while len(out) < n:
         dwell = min(int(rng.geometric(1.0 / mean_dwell)), n - len(out))
         ranks = rng.choice(len(experts), size=dwell, p=p)
-        laws[len(out) : len(out) + dwell, rankings[state]] = p  # experts[ranking[r]] has Zipf rank r
         out.extend(experts[rankings[state][r]] for r in ranks)
+        dwells.append((dwell, rankings[state]))
         if states > 1:
             state = (state + int(rng.integers(1, states))) % states
-    return out, Forecast(tuple(experts), laws)
+    return out, dwells
 
 
 def diurnal_trace(experts: list[str], n: int, s: float, seed: int, *, period: int = 2000) -> list[str]:
     """Zipf(s) popularity that moves smoothly from one ranking (day) to a shifted one (night) and
     back every ``period`` requests: p_t = w_t * day + (1 - w_t) * night, w_t = (1 + cos 2*pi*t/period) / 2."""
-    laws = diurnal_forecast(experts, n, s, period=period).laws
+    day, night, weight = _diurnal(experts, n, s, period)
     u = np.random.default_rng(seed).random(n)
-    last = len(experts) - 1
-    return [experts[min(int(np.searchsorted(np.cumsum(p), x)), last)] for p, x in zip(laws, u, strict=True)]
+    out: list[str] = []
+    for i in range(n):
+        p = weight[i] * day + (1.0 - weight[i]) * night
+        out.append(experts[min(int(np.searchsorted(np.cumsum(p), u[i])), len(experts) - 1)])
+    return out
 
 
 def diurnal_forecast(experts: list[str], n: int, s: float, *, period: int = 2000) -> Forecast:
     """The law p_t of each request of `diurnal_trace` (it depends on t alone, not on the seed)."""
+    day, night, weight = _diurnal(experts, n, s, period)
+    return Forecast(tuple(experts), weight[:, None] * day + (1.0 - weight[:, None]) * night)
+
+
+def _diurnal(experts: list[str], n: int, s: float, period: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The day and night laws and each request's day weight w_t."""
     _check(experts, n)
     if period < 2:
         raise ValueError(f"period must be >= 2 requests, got {period}")
     day = zipf_probabilities(len(experts), s)
     night = np.roll(day, len(experts) // 2)  # the cold half becomes the hot half
-    weight = (1.0 + np.cos(2.0 * np.pi * np.arange(n) / period)) / 2.0
-    return Forecast(tuple(experts), weight[:, None] * day + (1.0 - weight[:, None]) * night)
+    return day, night, (1.0 + np.cos(2.0 * np.pi * np.arange(n) / period)) / 2.0
 
 
 def session_trace(
@@ -121,41 +137,52 @@ def session_forecast(
     conversation slot every past request came from, but not when a conversation ends (no server
     does) nor a new one's expert before its first turn: the next request is a uniform slot's
     turn; a slot last seen with expert e continues it with probability 1 - 1/mean_turns (the
-    geometric length is memoryless), else starts a new Zipf(s) conversation."""
-    return _sessions(experts, n, s, seed, concurrent, mean_turns)[1]
+    geometric length is memoryless), else starts a new Zipf(s) conversation. So the law is
+    unseen/c * p + seen/c * (1 - g) * p + g/c * (slots last seen with e), g = 1 - 1/mean_turns."""
+    trace, slots = _sessions(experts, n, s, seed, concurrent, mean_turns)
+    p = zipf_probabilities(len(experts), s)
+    goes_on = 1.0 - 1.0 / mean_turns
+    column = {e: i for i, e in enumerate(experts)}
+    last_seen: list[int | None] = [None] * concurrent
+    slots_on = np.zeros(len(experts))  # slots whose last request went to each expert
+    laws = np.empty((n, len(experts)))
+    seen = 0  # slots with a request so far
+    for t, (expert, slot) in enumerate(zip(trace, slots, strict=True)):
+        new_mass = ((concurrent - seen) + seen * (1.0 - goes_on)) / concurrent
+        laws[t] = new_mass * p + goes_on / concurrent * slots_on
+        previous = last_seen[slot]
+        if previous is None:
+            seen += 1
+        else:
+            slots_on[previous] -= 1
+        last_seen[slot] = column[expert]
+        slots_on[column[expert]] += 1
+    return Forecast(tuple(experts), laws)
 
 
 def _sessions(
     experts: list[str], n: int, s: float, seed: int, concurrent: int, mean_turns: float
-) -> tuple[list[str], Forecast]:
+) -> tuple[list[str], list[int]]:
+    """The trace and the conversation slot of each request."""
     _check(experts, n)
     if concurrent < 1 or mean_turns < 1:
         raise ValueError(f"concurrent and mean_turns must be >= 1, got {concurrent} and {mean_turns}")
     rng = np.random.default_rng(seed)
     p = zipf_probabilities(len(experts), s)
-    goes_on = 1.0 - 1.0 / mean_turns
 
     def new_session() -> list:
         return [int(rng.choice(len(experts), p=p)), int(rng.geometric(1.0 / mean_turns))]
 
-    def slot_law(last_seen: int | None) -> np.ndarray:
-        law = p.copy() if last_seen is None else (1.0 - goes_on) * p
-        if last_seen is not None:
-            law[last_seen] += goes_on
-        return law / concurrent
-
     live = [new_session() for _ in range(concurrent)]
-    seen: list[int | None] = [None] * concurrent
     out: list[str] = []
-    laws = np.empty((n, len(experts)))
-    for t in range(n):
-        laws[t] = sum(slot_law(e) for e in seen)
+    slots: list[int] = []
+    for _ in range(n):
         slot = int(rng.integers(concurrent))
         expert, turns_left = live[slot]
         out.append(experts[expert])
-        seen[slot] = expert
+        slots.append(slot)
         live[slot] = [expert, turns_left - 1] if turns_left > 1 else new_session()
-    return out, Forecast(tuple(experts), laws)
+    return out, slots
 
 
 def mixed_sizes(
