@@ -1,9 +1,9 @@
 """Prefetch: page in the experts about to be needed while disks and sockets are idle.
 
 Demand paging stalls the request that misses. The authority knows more than the socket does:
-every request's expert (a decayed count per expert), the router's probabilities for requests
-it has just routed (`hint`), and which nodes' disks and which sockets are idle. `Prefetcher`
-turns that into two kinds of plan, each round:
+every request's expert (the HBM policy's demand estimate, or a decayed count per expert) and
+which nodes' disks and which sockets are idle. `Prefetcher` turns that into two kinds of plan,
+each round:
 
 * ``ddr``: STORE -> DDR on a node with no read in flight, for the likeliest expert its DDR
   lacks, only into *free* DDR room (a prefetch never evicts from DDR).
@@ -79,7 +79,6 @@ class Prefetcher:
         self._decay = 2.0 ** (-1.0 / half_life)
         self._scale = 1.0  # lazy decay: stored counts are in units of _scale (renormalised when large)
         self._counts: dict[str, float] = {}
-        self._hints: dict[str, float] = {}  # router probability mass, decayed like the counts
         self.ddr_in_flight: dict[str, str] = {}  # node -> expert being read from the STORE for it
         self.hbm_in_flight: dict[str, str] = {}  # prefetch lease id -> socket id
         self._unused_hbm: dict[tuple[str, str], int] = {}  # (socket, expert) prefetched, not yet used
@@ -87,28 +86,21 @@ class Prefetcher:
         self.stats = PrefetchStats()
 
     # ------------------------------------------------------------------ forecast
-    def observe(self, expert: str, weight: float = 1.0) -> None:
-        """One request (weight 1) or a router probability (weight p) for `expert`."""
+    def observe(self, expert: str) -> None:
+        """One request for `expert` (placed, or served from a kept lease)."""
         self._scale /= self._decay
         if self._scale > 1e12:  # renormalise before floats lose precision
             self._counts = {k: v / self._scale for k, v in self._counts.items()}
-            self._hints = {k: v / self._scale for k, v in self._hints.items()}
             self._scale = 1.0
-        self._counts[expert] = self._counts.get(expert, 0.0) + weight * self._scale
-
-    def hint(self, probabilities: Mapping[str, float]) -> None:
-        """The router's probabilities for a request just routed: the runners-up may come next."""
-        for expert, p in probabilities.items():
-            if expert in self.directory.expert_bytes and p > 0:
-                self._hints[expert] = self._hints.get(expert, 0.0) + p * self._scale
+        self._counts[expert] = self._counts.get(expert, 0.0) + self._scale
 
     def score(self, expert: str) -> float:
         """Expected requests for `expert` soon: the HBM policy's own estimate when it has one (so a
-        prefetch agrees with what eviction would keep), else decayed requests; plus router hints."""
+        prefetch agrees with what eviction would keep), else decayed requests."""
         demand = self.directory.hbm_policy.demand(expert)
         if demand is None:
             demand = self._counts.get(expert, 0.0) / self._scale
-        return demand + self._hints.get(expert, 0.0) / self._scale
+        return demand
 
     def ranking(self) -> list[str]:
         """Experts worth prefetching, likeliest first."""

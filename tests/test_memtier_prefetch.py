@@ -68,7 +68,7 @@ def _prefetched(core: MemTierCore):
     serve(core, "b", 1)
     core.directory.sync_ddr("n0", ["a", "b", "d"])
     for _ in range(6):
-        core.prefetcher.observe("d")  # the router's hints or earlier demand: d is about to be needed
+        core.prefetcher.observe("d")  # earlier demand: d is about to be needed
     plan = next(p for p in core.prefetcher.plan() if p.kind == "hbm")
     return plan, core.grant_prefetch(plan, 0.0)
 
