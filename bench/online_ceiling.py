@@ -73,8 +73,8 @@ def seed_hit_rates(s: CeilingSettings, seed: int) -> dict[str, float]:
 
 
 def build_report(s: CeilingSettings, command: str) -> CeilingReport:
-    rates = seed_hit_rates(s, s.seed)
-    per_seed = (seed_hit_rates(s, k) for k in range(s.seeds))
+    per_seed = [seed_hit_rates(s, k) for k in range(s.seeds)]
+    rates = per_seed[s.seed] if 0 <= s.seed < s.seeds else seed_hit_rates(s, s.seed)
     ratios = np.array([[r[p] / r["OPT"] for p in ORDER] for r in per_seed])
     spread = [
         SeedSpread(

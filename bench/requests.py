@@ -20,7 +20,6 @@ from bench.workloads import (
     Forecast,
     phase_shift_forecast,
     phase_shift_trace,
-    uniform_trace,
     zipf_forecast,
     zipf_trace,
 )
@@ -52,28 +51,25 @@ def heldout_prompts(path: Path = HELDOUT) -> dict[str, list[str]]:
     return by_category
 
 
+def _law(workload: str, zipf_s: float) -> tuple[str, float]:
+    """(zipf or phase, exponent) of a named workload: uniform is Zipf with s = 0."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+    return ("zipf", 0.0) if workload == "uniform" else (workload, zipf_s)
+
+
 def item_trace(items: Sequence[str], n: int, workload: str, zipf_s: float, seed: int) -> list[str]:
     """`n` draws over `items` (rank order = list order) for the named workload."""
-    items = list(items)
-    if workload == "zipf":
-        return zipf_trace(items, n, zipf_s, seed)
-    if workload == "uniform":
-        return uniform_trace(items, n, seed)
-    if workload == "phase":
-        return phase_shift_trace(items, n, zipf_s, seed)
-    raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+    kind, s = _law(workload, zipf_s)
+    make = zipf_trace if kind == "zipf" else phase_shift_trace
+    return make(list(items), n, s, seed)
 
 
 def item_forecast(items: Sequence[str], n: int, workload: str, zipf_s: float) -> Forecast:
     """The law of each draw of `item_trace` (same arguments but the seed): for `bench.policy`'s ORACLE."""
-    items = list(items)
-    if workload == "zipf":
-        return zipf_forecast(items, n, zipf_s)
-    if workload == "uniform":
-        return zipf_forecast(items, n, 0.0)
-    if workload == "phase":
-        return phase_shift_forecast(items, n, zipf_s)
-    raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+    kind, s = _law(workload, zipf_s)
+    make = zipf_forecast if kind == "zipf" else phase_shift_forecast
+    return make(list(items), n, s)
 
 
 def build_requests(

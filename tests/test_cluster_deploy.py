@@ -114,11 +114,11 @@ def _wait_for_nodes(
     the deadline; the failure carries the last probe's stderr and the tails of the nodes' logs."""
     deadline = time.monotonic() + timeout_s
     while True:
-        remaining = max(1.0, deadline - time.monotonic())
+        wait_s = min(max(1.0, deadline - time.monotonic()), 60.0)  # one probe's own wait
         probe = (
             "import ray, time\n"
             f"ray.init(address='{address}', log_to_driver=False)\n"
-            f"deadline = time.monotonic() + {min(remaining, 60.0)}\n"
+            f"deadline = time.monotonic() + {wait_s}\n"
             f"while sum(n['Alive'] for n in ray.nodes()) < {count} and time.monotonic() < deadline:\n"
             "    time.sleep(0.5)\n"
             f"assert sum(n['Alive'] for n in ray.nodes()) >= {count}\n"
@@ -127,7 +127,7 @@ def _wait_for_nodes(
             done = subprocess.run(
                 [sys.executable, "-c", probe],
                 env=env,
-                timeout=min(remaining, 60.0) + 60,
+                timeout=wait_s + 60,
                 capture_output=True,
                 text=True,
             )
